@@ -1,0 +1,3 @@
+from saecircuits.cli import main
+
+main()

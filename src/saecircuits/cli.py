@@ -1,0 +1,106 @@
+"""The ``saecircuits`` command line: one command a stage, errors as one line (tracebacks with --debug)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from saecircuits.errors import SaecircuitsError
+
+app = typer.Typer(
+    name="saecircuits",
+    help="Train sparse autoencoders on language-model activations, match features, find and validate circuits.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+    _state["debug"] = debug or bool(os.environ.get("SAECIRCUITS_DEBUG"))
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register a command whose SaecircuitsErrors print as one line and exit with status 2."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SaecircuitsError as e:
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]error:[/bold red] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]; finished work is kept, rerun to resume")
+            raise typer.Exit(130) from None
+        except MemoryError:
+            if _state["debug"]:
+                raise
+            console.print("[bold red]error:[/bold red] out of memory; lower the batch size or buffer size")
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - anything else is our bug: say so briefly
+            if _state["debug"]:
+                raise
+            console.print(
+                f"[bold red]internal error:[/bold red] {type(e).__name__}: {e}\n"
+                "rerun with --debug for the traceback and report it",
+                highlight=False,
+            )
+            raise typer.Exit(1) from None
+
+    return app.command()(run)
+
+
+@command
+def models(
+    load: str = typer.Option(None, "--load", help="Load (and on first use convert and cache) this model, then report it."),
+) -> None:
+    """List the models that work offline, or load one and show its shape."""
+    from saecircuits import models as m
+
+    if load:
+        model = m.load(load)
+        c = model.cfg
+        console.print(
+            f"{c.model_name}: {c.n_layers} layers, {c.n_heads} heads ({c.n_key_value_heads or c.n_heads} key/value), "
+            f"d_model {c.d_model}, d_head {c.d_head}, d_mlp {c.d_mlp}, vocab {c.d_vocab}"
+        )
+        return
+    t = Table(title="models that load offline")
+    for col in ("name", "hub name", "package", "installed"):
+        t.add_column(col)
+    import importlib.metadata as md
+
+    for spec in m.OFFLINE_MODELS.values():
+        try:
+            md.distribution(spec.distribution)
+            ok = "yes"
+        except md.PackageNotFoundError:
+            ok = f"no: {spec.install}"
+        t.add_row(spec.name, spec.hf_name, spec.distribution, ok)
+    Console().print(t)
+    console.print(f"cache: {m.cache_root() / 'models'}; any TransformerLens model name also works where the hub is reachable")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    if "--debug" in sys.argv[2:]:  # accept --debug anywhere, not only before the command
+        sys.argv.remove("--debug")
+        sys.argv.insert(1, "--debug")
+    app()
+

@@ -1,0 +1,166 @@
+"""Atomic writes and safe reads: safetensors and JSON only, never pickles.
+
+A write goes to a temporary file in the same folder, is flushed to disk, then renamed over the
+target, so a reader never sees a half-written file and a crash leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from saecircuits.errors import SaecircuitsError
+
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create a folder (and parents); a clear error if a file is in the way or it cannot be made."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SaecircuitsError(f"output path {path} is a file, not a folder", "choose another --out folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SaecircuitsError(f"cannot create folder {path}: {e.strerror}", "check the path and permissions") from e
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it over ``target``."""
+    target = Path(target)
+    ensure_dir(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise SaecircuitsError(
+            f"could not write {target}: {e.strerror or e}", "free disk space or choose another folder; nothing was replaced"
+        ) from e
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_bytes(target: str | Path, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def write_json(target: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    return write_text(target, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (torch.dtype,)):
+        return str(o).removeprefix("torch.")
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise SaecircuitsError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SaecircuitsError(f"{what} {path} is not valid JSON: {e}", "the file is corrupt; regenerate it") from e
+
+
+def refuse_pickle(path: str | Path) -> None:
+    """Refuse file types that are pickles: loading them can run arbitrary code."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise SaecircuitsError(
+            f"{path} looks like a pickle file ({path.suffix}); saecircuits never loads pickles because they can run code",
+            "convert it to safetensors (safetensors.torch.save_file) and pass that instead",
+        )
+
+
+def save_tensors(target: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors, atomically. Tensors are made contiguous and unshared."""
+    clean = {k: v.detach().contiguous().clone() if _shares_storage(v, tensors) else v.detach().contiguous() for k, v in tensors.items()}
+    with atomic_path(target, suffix=".safetensors") as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
+    return Path(target)
+
+
+def _shares_storage(v: torch.Tensor, all_tensors: dict[str, torch.Tensor]) -> bool:
+    ptr = v.untyped_storage().data_ptr()
+    return sum(1 for w in all_tensors.values() if w.untyped_storage().data_ptr() == ptr) > 1
+
+
+def load_tensors(path: str | Path, device: str | torch.device = "cpu", what: str = "weights file") -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a truncated or corrupt file is one clear error."""
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.is_file():
+        raise SaecircuitsError(f"{what} {path} does not exist")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise SaecircuitsError(f"{what} {path} is truncated or corrupt ({e})", "regenerate it; it was not modified") from e
+
+
+def tensors_metadata(path: str | Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise SaecircuitsError(f"{path} is truncated or corrupt ({e})", "regenerate it") from e
+
+
+def replace_dir(tmp_dir: Path, target: Path) -> None:
+    """Move a fully written folder into place; an existing target is swapped out, then removed."""
+    target = Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp_dir, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, target)
+    _fsync_dir(target.parent)
