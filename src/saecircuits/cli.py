@@ -97,6 +97,36 @@ def models(
     console.print(f"cache: {m.cache_root() / 'models'}; any TransformerLens model name also works where the hub is reachable")
 
 
+@command
+def cache(
+    out: Path = typer.Option(..., "--out", help="Cache folder (created, or resumed if it holds a partial cache)."),
+    hook: list[str] = typer.Option(..., "--hook", help="Hook site, e.g. blocks.6.hook_resid_post or blocks.3.attn.hook_z:* (repeatable)."),
+    model: str = typer.Option("smollm2-135m", "--model"),
+    text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
+    tokens: int = typer.Option(200_000, "--tokens", min=1, help="Context tokens to run through the model."),
+    context_size: int = typer.Option(128, "--context-size", min=2),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    split: str = typer.Option("train", "--split", help="train | eval"),
+) -> None:
+    """Run the model over text once and cache activations of many hook sites as safetensors shards."""
+    from saecircuits import models as m
+    from saecircuits.activation_cache import build_cache, cache_size_bytes
+    from saecircuits.config import validate
+    from saecircuits.store import StoreConfig
+    from saecircuits.text import TextConfig, TextSource
+
+    if split not in ("train", "eval"):
+        raise SaecircuitsError(f"--split must be train or eval, got '{split}'")
+    store_cfg = validate(StoreConfig, {"dtype": dtype}, where="--dtype")
+    text_cfg = validate(TextConfig, {"source": text, "context_size": context_size}, where="--text")
+    lm = m.load(model)
+    c = build_cache(out, lm, hook, TextSource.for_model(text_cfg, lm), store_cfg, tokens, split=split)  # type: ignore[arg-type]
+    console.print(
+        f"cache {out}: {c.manifest['n_rows']:,} rows from {c.n_contexts:,} contexts, {len(c.shards)} shards, "
+        f"{cache_size_bytes(out) / 2**20:,.0f} MB" + (" (text source exhausted)" if c.manifest["source_exhausted"] else "")
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     if "--debug" in sys.argv[2:]:  # accept --debug anywhere, not only before the command

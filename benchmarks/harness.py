@@ -1,0 +1,105 @@
+"""Side-by-side benchmark harness: each measurement runs in a fresh process (so peak memory is its
+own), the sides are interleaved and repeated, and medians are reported with every raw value.
+
+A side is a function in a benchmark module, called as ``python MODULE --side NAME --args JSON``;
+it returns a dict of numbers, which is printed as the last line of its stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path(os.environ.get("SAECIRCUITS_BENCH_WORK", Path(__file__).parent / ".work"))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def side_main(sides: dict[str, Callable[[dict], dict]]) -> bool:
+    """If this process was started as a side, run it, print its JSON and return True."""
+    if "--side" not in sys.argv:
+        return False
+    p = argparse.ArgumentParser()
+    p.add_argument("--side", required=True)
+    p.add_argument("--args", default="{}")
+    a, _ = p.parse_known_args()
+    out = sides[a.side](json.loads(a.args))
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps(out))
+    return True
+
+
+def run_side(module: str, side: str, args: dict, timeout: float = 7200) -> dict:
+    cmd = [sys.executable, module, "--side", side, "--args", json.dumps(args)]
+    t = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"side {side} failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  {side:<28} {json.dumps(res)}  ({time.time() - t:.0f} s wall)", flush=True)
+    return res
+
+
+def interleaved(module: str, runs: list[tuple[str, str, dict]], repeats: int) -> dict[str, list[dict]]:
+    """Run every (label, side, args) once per round, rounds repeated; returns label -> results."""
+    out: dict[str, list[dict]] = {label: [] for label, _, _ in runs}
+    for r in range(repeats):
+        print(f"round {r + 1}/{repeats}", flush=True)
+        order = runs if r % 2 == 0 else list(reversed(runs))  # alternate who goes first
+        for label, side, args in order:
+            out[label].append(run_side(module, side, args))
+    return out
+
+
+def median(results: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in results)
+
+
+def machine() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def write(name: str, data: dict, markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    print(markdown)
+
+
+def shared_tokens(model_name: str, n_contexts: int, context_size: int = 128, source: str = "stdlib", split: str = "train") -> Path:
+    """The same token contexts for every side: made once with saecircuits's packing, saved as safetensors."""
+    path = WORK / f"tokens_{model_name}_{source}_{split}_{n_contexts}x{context_size}.safetensors"
+    if path.exists():
+        return path
+    from saecircuits.files import save_tensors
+    from saecircuits.models import load
+    from saecircuits.text import TextConfig, TextSource
+
+    model = load(model_name)
+    src = TextSource.for_model(TextConfig(source=source, context_size=context_size), model)
+    tokens = src.take(n_contexts, split)  # type: ignore[arg-type]
+    assert len(tokens) == n_contexts, f"source too short: {len(tokens)} < {n_contexts}"
+    save_tensors(path, {"tokens": tokens})
+    return path
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
