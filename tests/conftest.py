@@ -40,12 +40,14 @@ def make_tiny_model(n_layers: int = 3, d_model: int = 32, n_heads: int = 4, n_kv
                     attn_only: bool = False, seed: int = 0, tokenizer=None, **kw) -> HookedTransformer:
     """A small random TransformerLens model; ``n_kv`` < ``n_heads`` makes it grouped-query."""
     tokenizer = tokenizer or make_byte_tokenizer()
-    cfg = HookedTransformerConfig(
+    settings = dict(
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
         d_mlp=None if attn_only else 4 * d_model, attn_only=attn_only, n_ctx=64, d_vocab=len(tokenizer),
         act_fn="gelu", normalization_type="LN", seed=seed, n_key_value_heads=n_kv,
-        model_name=f"tiny-{n_layers}l{'-gqa' if n_kv else ''}", tokenizer_prepends_bos=False, **kw,
+        model_name=f"tiny-{n_layers}l{'-gqa' if n_kv else ''}", tokenizer_prepends_bos=False,
     )
+    settings.update(kw)
+    cfg = HookedTransformerConfig(**settings)
     model = HookedTransformer(cfg, tokenizer)
     model.eval()
     return model

@@ -20,7 +20,7 @@ def _text(tok, n_ctx=24, seed=0, source="bible"):
 def test_activations_equal_run_with_cache_exactly(byte_tokenizer, n_kv):
     model = make_tiny_model(n_kv=n_kv, tokenizer=byte_tokenizer)
     sites = expand_sites(model, SITES)
-    acts = ModelActivations(model, sites)
+    acts = ModelActivations(model, sites, forward="transformer_lens")
     tokens = _text(byte_tokenizer).take(6)
     got = acts.activations(tokens)
     _, cache = model.run_with_cache(tokens)
@@ -195,9 +195,12 @@ def test_default_model_gqa_heads_and_attention_sink(smollm2):
     text = TextSource.for_model(TextConfig(source="stdlib", context_size=64), smollm2)
     sites = expand_sites(smollm2, ["blocks.6.hook_resid_post", "blocks.6.attn.hook_z:*", "blocks.6.attn.hook_k:*"])
     assert len(sites) == 1 + 9 + 3  # 9 query heads, 3 key/value heads
-    acts = ModelActivations(smollm2, sites)
+    acts = ModelActivations(smollm2, sites, forward="transformer_lens")
     tokens = text.take(2)
     got = acts.activations(tokens)
+    lean = ModelActivations(smollm2, sites).activations(tokens)  # the default (lean) forward: equal to rounding
+    for k in got:
+        assert (lean[k] - got[k]).norm() <= 1e-5 * got[k].norm(), k
     _, cache = smollm2.run_with_cache(tokens, names_filter=lambda n: n.startswith("blocks.6."))
     assert torch.equal(got["blocks.6.attn.hook_z:4"], cache["blocks.6.attn.hook_z"][:, :, 4].reshape(128, 64))
     norms = got["blocks.6.hook_resid_post"].norm(dim=1).reshape(2, 64)

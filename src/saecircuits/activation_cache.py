@@ -44,6 +44,7 @@ def _content_settings(model, sites: list[Site], text: TextSource, cfg: StoreConf
         "dtype": cfg.dtype,
         "exclude_special_tokens": cfg.exclude_special_tokens,
         "exclude_first_position": cfg.exclude_first_position,
+        "forward": cfg.forward,
         "text": text.describe(),
         "split": split,
     }
@@ -96,7 +97,7 @@ def build_cache(
             write_json(folder / MANIFEST, manifest)
             return ActivationCache(folder)
         acts = ModelActivations(model, sites, exclude_special_tokens=cfg.exclude_special_tokens,
-                                exclude_first_position=cfg.exclude_first_position, dtype=DTYPES[cfg.dtype])
+                                exclude_first_position=cfg.exclude_first_position, dtype=DTYPES[cfg.dtype], forward=cfg.forward)
         contexts = text.contexts(split)
         for _ in range(manifest["n_contexts"]):
             next(contexts, None)
@@ -190,7 +191,7 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def _check_same(manifest: dict, settings: dict, folder: Path) -> None:
-    for key in ("fingerprint", "sites", "dtype", "exclude_special_tokens", "exclude_first_position", "text", "split"):
+    for key in ("fingerprint", "sites", "dtype", "exclude_special_tokens", "exclude_first_position", "forward", "text", "split"):
         if manifest.get(key) != settings[key]:
             what = "another model" if key == "fingerprint" else f"other settings ({key})"
             raise SaecircuitsError(
@@ -271,7 +272,8 @@ class ActivationCache:
             yield Rows.cat(parts)
             w += 1
 
-    def store(self, cfg: StoreConfig, site_keys: list[str] | None = None, repeat: bool = True) -> ActivationStore:
+    def store(self, cfg: StoreConfig, site_keys: list[str] | None = None, repeat: bool = True,
+              total_rows: int | None = None) -> ActivationStore:
         """An ActivationStore streaming this cache (the same batches as the model store, first epoch)."""
         keys = site_keys or self.manifest["sites"]
         self.check(site_keys=keys)
@@ -280,7 +282,7 @@ class ActivationCache:
                                    f"set store.dtype to {self.manifest['dtype']}")
         widths = {k: self.manifest["widths"][k] for k in keys}
         row_bytes = sum(widths.values()) * torch.finfo(DTYPES[cfg.dtype]).bits // 8
-        wc = cfg.window_contexts(self.context_size, row_bytes)
+        wc = cfg.window_contexts(self.context_size, row_bytes, total_rows)
 
         def windows(epoch: int, start: int) -> Iterator[Rows]:
             return self.windows(keys, wc, start)

@@ -127,6 +127,45 @@ def cache(
     )
 
 
+@command
+def train(
+    config: Path = typer.Argument(..., help="Training config (YAML): model, text, store, saes, total_tokens, ..."),
+    out: str = typer.Option(None, "--out", help="Output folder (overrides the config's out)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in the output folder."),
+    wandb: str = typer.Option(None, "--wandb", help="auto | online | offline | off (overrides the config)."),
+    tokens: int = typer.Option(None, "--tokens", min=1, help="Training tokens (overrides total_tokens)."),
+) -> None:
+    """Train SAEs (and transcoders) from one activation stream; write them in SAELens's format."""
+    from saecircuits.config import read_yaml, validate
+    from saecircuits.training import TrainConfig, train as run_training
+
+    data = read_yaml(config)
+    if not isinstance(data, dict):
+        raise SaecircuitsError(f"{config}: expected a mapping of fields, got {type(data).__name__}")
+    if out:
+        data["out"] = out
+    if tokens:
+        data["total_tokens"] = tokens
+    if wandb:
+        data.setdefault("wandb", {})["mode"] = wandb
+    cfg = validate(TrainConfig, data, where=str(config))
+    summary = run_training(cfg, resume=resume)
+    print_train_summary(summary, cfg.out)
+
+
+def print_train_summary(summary: dict, out: str) -> None:
+    t = Table(title=f"{len(summary['saes'])} SAE(s), {summary['tokens']:,} tokens, {summary['tokens_per_second']:,.0f} tok/s")
+    for col in ("SAE", "d_sae", "L0", "expl. var.", "dead", "CE recovered", "KL"):
+        t.add_column(col, justify="left" if col == "SAE" else "right")
+    for name, r in summary["saes"].items():
+        t.add_row(name, str(r["d_sae"]), f"{r['l0']:.1f}", f"{r['explained_variance']:.3f}", str(r["dead_latents"]),
+                  f"{r.get('ce_loss_recovered', float('nan')):.3f}", f"{r.get('kl_to_clean', float('nan')):.4f}")
+    Console().print(t)
+    console.print(f"SAEs (SAELens format): {Path(out) / 'saes'}; summary: {Path(out) / 'summary.json'}")
+    if summary.get("wandb_sync"):
+        console.print(f"W&B ran offline; upload later with: {summary['wandb_sync']}")
+
+
 def main() -> None:
     """Console-script entry point."""
     if "--debug" in sys.argv[2:]:  # accept --debug anywhere, not only before the command

@@ -25,6 +25,7 @@ import torch
 from pydantic import Field, model_validator
 from transformer_lens import HookedTransformer
 
+from saecircuits import forward as lean_forward
 from saecircuits import hooks as hooklib
 from saecircuits.config import Config
 from saecircuits.errors import SaecircuitsError
@@ -112,6 +113,10 @@ class StoreConfig(Config):
         None, gt=1, description="drop tokens whose norm is more than this many times the median (attention sinks)"
     )
     normalize: Literal["none", "expected_average_only_in"] = "none"
+    forward: Literal["auto", "transformer_lens"] = Field(
+        "auto", description="auto: the lean forward pass where it covers the model and hooks (values equal to float "
+        "rounding, ~1.2x faster on CPU); transformer_lens: TransformerLens's own forward, bit-exact with run_with_cache"
+    )
     prefetch: bool = Field(False, description="compute the next window in a background thread")
     seed: int = 0
 
@@ -121,10 +126,16 @@ class StoreConfig(Config):
             raise ValueError(f"device '{self.device}' is not available on this machine; use cpu")
         return self
 
-    def window_contexts(self, context_size: int, row_bytes: int) -> int:
-        """Contexts per shuffle window from the budget (tokens, or MB given the bytes of one row)."""
+    def window_contexts(self, context_size: int, row_bytes: int, total_rows: int | None = None) -> int:
+        """Contexts per shuffle window: the budget (tokens, or MB given the bytes of one row), and for a
+        run of known length, equal windows that together just cover it, so little is computed unused."""
         tokens = self.buffer_tokens if self.buffer_mb is None else int(self.buffer_mb * 2**20 / max(row_bytes, 1))
-        return max(1, tokens // context_size)
+        budget = max(1, tokens // context_size)
+        if not total_rows:
+            return budget
+        per_context = max(1, context_size - 1)  # rows a context gives, BOS excluded (a little less with special tokens)
+        n_windows = math.ceil(total_rows / (budget * per_context))
+        return min(budget, math.ceil(total_rows * 1.02 / (n_windows * per_context)) + 1)
 
 
 @dataclass
@@ -161,12 +172,16 @@ class ModelActivations:
         exclude_special_tokens: bool = True,
         exclude_first_position: bool = True,
         dtype: torch.dtype = torch.float32,
+        forward: str = "auto",
     ):
         if not sites:
             raise SaecircuitsError("no hook sites to record")
         self.model, self.sites, self.dtype = model, sites, dtype
         self.hook_names = sorted({s.hook for s in sites})
         self.stop = hooklib.stop_at_layer(model, self.hook_names)
+        self.lean = None
+        if forward == "auto" and lean_forward.unsupported(model) is None and lean_forward.covers(model, self.hook_names):
+            self.lean = lean_forward.LeanForward(model)
         if special_ids is None and exclude_special_tokens:
             from saecircuits.models import special_token_ids
 
@@ -187,9 +202,12 @@ class ModelActivations:
 
         start = time.perf_counter()
         tokens = tokens.to(self.model.cfg.device)
-        self.model.run_with_hooks(
-            tokens, stop_at_layer=self.stop, fwd_hooks=[(h, save) for h in self.hook_names], return_type=None
-        )
+        if self.lean is not None:
+            captured = self.lean.run(tokens, self.hook_names, self.stop)
+        else:
+            self.model.run_with_hooks(
+                tokens, stop_at_layer=self.stop, fwd_hooks=[(h, save) for h in self.hook_names], return_type=None
+            )
         self.forward_seconds += time.perf_counter() - start
         n = tokens.numel()
         out = {}
@@ -308,14 +326,16 @@ class ActivationStore:
     # ---- constructors
     @classmethod
     def from_model(cls, model: HookedTransformer, site_specs: list[str] | list[Site], text: TextSource,
-                   cfg: StoreConfig, split: Split = "train", repeat: bool = True) -> ActivationStore:
+                   cfg: StoreConfig, split: Split = "train", repeat: bool = True,
+                   total_rows: int | None = None) -> ActivationStore:
+        """A store running ``model`` over ``text``; ``total_rows``: the run's length, to size windows to it."""
         sites = expand_sites(model, [s.key if isinstance(s, Site) else s for s in site_specs])
         dtype = DTYPES[cfg.dtype]
         acts = ModelActivations(model, sites, exclude_special_tokens=cfg.exclude_special_tokens,
-                                exclude_first_position=cfg.exclude_first_position, dtype=dtype)
+                                exclude_first_position=cfg.exclude_first_position, dtype=dtype, forward=cfg.forward)
         widths = site_widths(model, sites)
         row_bytes = sum(widths.values()) * torch.finfo(dtype).bits // 8
-        wc = cfg.window_contexts(text.cfg.context_size, row_bytes)
+        wc = cfg.window_contexts(text.cfg.context_size, row_bytes, total_rows)
 
         def windows(epoch: int, start: int) -> Iterator[Rows]:
             # a new epoch reshuffles documents: the text seed moves with the epoch
@@ -415,11 +435,11 @@ class ActivationStore:
             p.epoch, p.window = epoch, w
             n_full = (len(rows) - offset) // bs
             for i in range(n_full):
+                if max_tokens is not None and self.tokens_emitted >= max_tokens:
+                    return
                 start = offset + i * bs
                 p.offset = start + bs
                 yield self._emit(rows.select(perm[start : start + bs]))
-                if max_tokens is not None and self.tokens_emitted >= max_tokens:
-                    return
             tail = perm[offset + n_full * bs :]
             p.carry = rows.select(tail) if len(tail) else None
             p.window, p.offset = w + 1, 0

@@ -1,0 +1,269 @@
+"""SAE training: saecircuits vs SAELens 6.x on SmolLM2, same tokens, side by side.
+
+Cases (pre-packed stdlib contexts of 128 tokens, 8 contexts a forward pass, 4,096-token batches,
+the same excluded special tokens, activations normalised to norm sqrt(d) on both sides):
+
+- single: TopK k=32, d_sae 4608 on blocks.6.hook_resid_post, 200k tokens. SAELens at three
+  learning rates (its best is the baseline for quality), saecircuits at one; a bare forward pass
+  to layer 7 is the floor. Every SAE (both tools) is evaluated by the same code on the same
+  held-out contexts: explained variance, L0, dead latents, CE loss recovered.
+- sweep: 8 TopK SAEs (k in 16, 32, 64, 128 x lr 1e-3, 3e-3) from one saecircuits run vs eight
+  SAELens runs, and vs one SAELens 6.54 multi-SAE run, for reference.
+- suite: 6 TopK SAEs at layers 4, 9, 14, 19, 24, 29 from one run vs six SAELens runs.
+
+Run: python benchmarks/train_vs_saelens.py [--only single|sweep|suite]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
+
+CONTEXT, MODEL_BATCH, TRAIN_BATCH, BUFFER = 128, 8, 4096, 65536
+D_SAE = 4608
+LAYER6 = "blocks.6.hook_resid_post"
+SUITE = [f"blocks.{L}.hook_resid_post" for L in (4, 9, 14, 19, 24, 29)]
+
+
+def _model():
+    import torch
+
+    from saecircuits.models import load
+
+    model = load("smollm2-135m")
+    with torch.inference_mode():
+        model(torch.randint(3, 1000, (MODEL_BATCH, CONTEXT)), stop_at_layer=8)
+    return model
+
+
+def _evaluate(model, sae_dirs: dict[str, str], eval_tokens: str) -> dict:
+    """The same evaluator, on the same held-out contexts, for SAEs of either tool (files in SAELens format)."""
+    from saecircuits.evaluation import SAEUnderTest, evaluate
+    from saecircuits.files import load_tensors
+    from saecircuits.sae import format as sae_format
+
+    tokens = load_tensors(eval_tokens)["tokens"]
+    saes = [SAEUnderTest(name, sae_format.load(path)) for name, path in sae_dirs.items()]
+    res = evaluate(model, saes, tokens, batch_contexts=8, ce=True)
+    keep = ("explained_variance", "l0", "dead_latents", "dense_latents", "ce_loss_recovered", "kl_to_clean", "mse")
+    return {n: {k: r[k] for k in keep} for n, r in res.items()}
+
+
+def side_bare(args: dict) -> dict:
+    import torch
+
+    from saecircuits.files import load_tensors
+    from saecircuits.hooks import stop_at_layer
+
+    model = _model()
+    tokens = load_tensors(args["tokens"])["tokens"]
+    stop = stop_at_layer(model, args["hooks"])
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(tokens), MODEL_BATCH):
+            model(tokens[i : i + MODEL_BATCH], stop_at_layer=stop)
+    return {"seconds": time.perf_counter() - t, "tokens": tokens.numel()}
+
+
+def side_ours(args: dict) -> dict:
+    from saecircuits.config import validate
+    from saecircuits.training import Trainer, TrainConfig, make_store
+
+    model = _model()
+    out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    cfg = validate(TrainConfig, {
+        "model": "smollm2-135m",
+        "text": {"source": f"tokens:{args['tokens']}", "context_size": CONTEXT, "eval_fraction": 0},
+        "store": {"batch_size_tokens": TRAIN_BATCH, "model_batch_size": MODEL_BATCH, "buffer_tokens": BUFFER,
+                  "normalize": "expected_average_only_in"},
+        "saes": args["saes"], "total_tokens": args["train_tokens"], "wandb": {"mode": "off"}, "out": str(out),
+    })
+    store, text = make_store(cfg, model, progress=False)
+    trainer = Trainer(cfg, model, store, out, text, progress=False)
+    t = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - t
+    paths = trainer.save_saes(out / "saes")
+    return {"seconds": seconds, "tokens": store.tokens_emitted, "forward_seconds": store.model_activations.forward_seconds,
+            "eval": _evaluate(model, {p.name: str(p) for p in paths}, args["eval_tokens"]) if args.get("evaluate") else {}}
+
+
+def _saelens_cfg(hook: str, k: int, lr: float, train_tokens: int, n_tokens_dataset: int, special: list[int]):
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig, TopKTrainingSAEConfig
+
+    steps = train_tokens // TRAIN_BATCH
+    return LanguageModelSAERunnerConfig(
+        sae=TopKTrainingSAEConfig(d_in=576, d_sae=D_SAE, k=k, normalize_activations="expected_average_only_in"),
+        model_name="smollm2-135m", hook_name=hook, dataset_path="local", is_dataset_tokenized=True, streaming=False,
+        context_size=CONTEXT, prepend_bos=False, training_tokens=train_tokens, train_batch_size_tokens=TRAIN_BATCH,
+        store_batch_size_prompts=MODEL_BATCH, n_batches_in_buffer=BUFFER // CONTEXT, lr=lr, lr_warm_up_steps=max(1, steps // 100),
+        lr_decay_steps=steps // 5, n_batches_for_norm_estimate=10, dead_feature_window=max(10, steps // 10),
+        feature_sampling_window=max(20, steps // 5), exclude_special_tokens=special, sequence_separator_token=0,
+        logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=None, device="cpu", dtype="float32",
+        output_path=tempfile.mkdtemp(prefix="bench-saelens-"), seed=42, verbose=False,
+    )
+
+
+def side_saelens(args: dict) -> dict:
+    """One SAELens training run per SAE, run one after another (timed together); saved for evaluation."""
+    import datasets
+    from sae_lens import LanguageModelSAETrainingRunner
+
+    from saecircuits.files import load_tensors
+    from saecircuits.models import special_token_ids
+
+    model = _model()
+    tokens = load_tensors(args["tokens"])["tokens"]
+    ds = datasets.Dataset.from_dict({"input_ids": tokens.tolist()})
+    special = special_token_ids(model)
+    dirs, total, seconds = {}, 0, 0.0
+    for spec in args["saes"]:
+        cfg = _saelens_cfg(spec["hook"], spec["k"], spec["lr"], args["train_tokens"], tokens.numel(), special)
+        t = time.perf_counter()
+        sae = LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=ds).run()
+        seconds += time.perf_counter() - t
+        total += args["train_tokens"]
+        name = f"saelens-{spec['hook']}-k{spec['k']}-lr{spec['lr']:g}"
+        d = Path(tempfile.mkdtemp(prefix="bench-saelens-sae-")) / name
+        sae.save_inference_model(str(d)) if hasattr(sae, "save_inference_model") else sae.save_model(str(d))
+        dirs[name] = str(d)
+    return {"seconds": seconds, "tokens": total,
+            "eval": _evaluate(model, dirs, args["eval_tokens"]) if args.get("evaluate") else {}}
+
+
+def side_saelens_multi(args: dict) -> dict:
+    """SAELens 6.54's own multi-SAE runner: every SAE from one forward pass (reference only)."""
+    import datasets
+    from sae_lens import LoggingConfig, TopKTrainingSAEConfig
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
+
+    from saecircuits.files import load_tensors
+    from saecircuits.models import special_token_ids
+
+    model = _model()
+    tokens = load_tensors(args["tokens"])["tokens"]
+    ds = datasets.Dataset.from_dict({"input_ids": tokens.tolist()})
+    steps = args["train_tokens"] // TRAIN_BATCH
+    saes = {f"s{i}": TopKTrainingSAEConfig(d_in=576, d_sae=D_SAE, k=s["k"], normalize_activations="expected_average_only_in")
+            for i, s in enumerate(args["saes"])}
+    lrs = {s["lr"] for s in args["saes"]}
+    if len(lrs) > 1:  # the multi runner takes one learning rate for all SAEs
+        pass
+    cfg = MultiSAETrainingRunnerConfig(
+        saes=saes, hook_names={f"s{i}": s["hook"] for i, s in enumerate(args["saes"])}, model_name="smollm2-135m",
+        dataset_path="local", streaming=False, context_size=CONTEXT, training_tokens=args["train_tokens"],
+        store_batch_size_prompts=MODEL_BATCH, train_batch_size_tokens=TRAIN_BATCH, n_batches_in_buffer=BUFFER // CONTEXT,
+        prepend_bos=False, lr=sorted(lrs)[0], lr_warm_up_steps=max(1, steps // 100), lr_decay_steps=steps // 5,
+        n_batches_for_norm_estimate=10, dead_feature_window=max(10, steps // 10), feature_sampling_window=max(20, steps // 5),
+        exclude_special_tokens=special_token_ids(model), sequence_separator_token=0, logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=None, output_path=tempfile.mkdtemp(prefix="bench-saelens-multi-"), device="cpu",
+    )
+    runner = MultiSAETrainingRunner(cfg, override_model=model, override_dataset=ds)
+    t = time.perf_counter()
+    runner.run()
+    return {"seconds": time.perf_counter() - t, "tokens": args["train_tokens"] * len(args["saes"])}
+
+
+SIDES = {"bare": side_bare, "ours": side_ours, "saelens": side_saelens, "saelens_multi": side_saelens_multi}
+
+
+def ours_saes(specs: list[dict]) -> list[dict]:
+    return [{"architecture": "topk", "hook": s["hook"], "d_sae": D_SAE, "k": s["k"], "lr": s["lr"]} for s in specs]
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--only", choices=["single", "sweep", "suite"], default=None)
+    p.add_argument("--train-tokens", type=int, default=200_000)
+    p.add_argument("--sweep-tokens", type=int, default=49_152)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--eval-contexts", type=int, default=64)
+    a = p.parse_args()
+    mod = __file__
+    n_ctx = a.train_tokens // CONTEXT + 64  # a little over: special tokens are dropped from the stream
+    tok = str(harness.shared_tokens("smollm2-135m", n_ctx, CONTEXT))
+    ev = str(harness.shared_tokens("smollm2-135m", a.eval_contexts, CONTEXT, split="eval"))
+    data: dict = {"machine": harness.machine(), "args": vars(a)}
+    md = ["# SAE training: saecircuits vs SAELens", "", f"Machine: {harness.machine()}. Medians of interleaved runs, "
+          "each side in its own process; tokens/s counts training tokens (rows) per SAE.", ""]
+    if a.only in (None, "single"):
+        specs = [{"hook": LAYER6, "k": 32, "lr": 2e-3}]
+        runs = [("bare forward to layer 7", "bare", {"tokens": tok, "hooks": [LAYER6]}),
+                ("saecircuits lr 2e-3", "ours", {"tokens": tok, "eval_tokens": ev, "train_tokens": a.train_tokens,
+                                                  "saes": ours_saes(specs), "evaluate": True})]
+        for lr in (1e-3, 2e-3, 4e-3):
+            runs.append((f"SAELens lr {lr:g}", "saelens", {"tokens": tok, "eval_tokens": ev, "train_tokens": a.train_tokens,
+                                                           "saes": [{"hook": LAYER6, "k": 32, "lr": lr}], "evaluate": True}))
+        res = harness.interleaved(mod, runs, a.repeats)
+        data["single"] = res
+        md += _single_md(res, a)
+    if a.only in (None, "sweep"):
+        specs = [{"hook": LAYER6, "k": k, "lr": lr} for k in (16, 32, 64, 128) for lr in (1e-3, 3e-3)]
+        args = {"tokens": tok, "train_tokens": a.sweep_tokens, "saes": specs}
+        res = harness.interleaved(mod, [("saecircuits, 8 SAEs, one run", "ours", {**args, "saes": ours_saes(specs)}),
+                                        ("SAELens, 8 runs", "saelens", args),
+                                        ("SAELens multi-SAE runner", "saelens_multi", args)], max(1, a.repeats - 1))
+        data["sweep"] = res
+        md += _multi_md("8-SAE sweep: k in {16, 32, 64, 128} x lr {1e-3, 3e-3}, blocks.6.hook_resid_post", res, a.sweep_tokens)
+    if a.only in (None, "suite"):
+        specs = [{"hook": h, "k": 32, "lr": 2e-3} for h in SUITE]
+        args = {"tokens": tok, "train_tokens": a.sweep_tokens, "saes": specs}
+        res = harness.interleaved(mod, [("saecircuits, 6 layers, one run", "ours", {**args, "saes": ours_saes(specs)}),
+                                        ("SAELens, 6 runs", "saelens", args),
+                                        ("SAELens multi-SAE runner", "saelens_multi", args)], max(1, a.repeats - 1))
+        data["suite"] = res
+        md += _multi_md("6-layer suite: TopK k=32 at layers 4, 9, 14, 19, 24, 29", res, a.sweep_tokens)
+    name = "train_vs_saelens" if a.only is None else f"train_vs_saelens_{a.only}"
+    harness.write(name, data, "\n".join(md))
+
+
+def _tps(results: list[dict]) -> float:
+    return harness.median([{"v": r["tokens"] / r["seconds"]} for r in results], "v")
+
+
+def _single_md(res: dict, a) -> list[str]:
+    bare = res["bare forward to layer 7"]
+    ours = res["saecircuits lr 2e-3"]
+    sl = {k: v for k, v in res.items() if k.startswith("SAELens")}
+    best = max(sl, key=lambda k: harness.median([r["eval"][next(iter(r["eval"]))] for r in sl[k]], "explained_variance"))
+    rows = []
+
+    def ev_row(label, rs):
+        e = [r["eval"][next(iter(r["eval"]))] for r in rs]
+        return [label, f"{_tps(rs):,.0f}", f"{harness.median(rs, 'peak_rss_mb'):,.0f}",
+                f"{harness.median(e, 'explained_variance'):.4f}", f"{harness.median(e, 'l0'):.1f}",
+                f"{harness.median(e, 'dead_latents'):.0f}", f"{harness.median(e, 'ce_loss_recovered'):.4f}"]
+
+    rows.append(["bare forward to layer 7", f"{_tps(bare):,.0f}", f"{harness.median(bare, 'peak_rss_mb'):,.0f}", "", "", "", ""])
+    rows.append(ev_row("saecircuits (lr 2e-3)", ours))
+    for k, rs in sl.items():
+        rows.append(ev_row(k + (" (best)" if k == best else ""), rs))
+    ratio_sl = _tps(ours) / _tps(sl[best])
+    ratio_bare = _tps(ours) / _tps(bare)
+    return [f"## One SAE: TopK k=32, d_sae {D_SAE}, {LAYER6}, {a.train_tokens:,} training tokens", "",
+            harness.md_table(["side", "tokens/s", "peak MB", "held-out expl. var.", "L0", "dead latents", "CE loss recovered"], rows), "",
+            f"- saecircuits / SAELens (its best lr): **{ratio_sl:.2f}x** tokens/s (target >= 1.5)",
+            f"- saecircuits / bare forward pass to layer 7: **{ratio_bare:.2f}** (target >= 0.75)",
+            f"- evaluated by the same code on {a.eval_contexts} held-out contexts x {CONTEXT} tokens", ""]
+
+
+def _multi_md(title: str, res: dict, tokens: int) -> list[str]:
+    labels = list(res)
+    ours, sl, slm = (res[k] for k in labels)
+    rows = [[k, f"{harness.median(v, 'seconds'):.0f}", f"{_tps(v):,.0f}", f"{harness.median(v, 'peak_rss_mb'):,.0f}"] for k, v in res.items()]
+    return [f"## {title}, {tokens:,} tokens per SAE", "",
+            harness.md_table(["side", "seconds", "SAE-tokens/s (all SAEs)", "peak MB"], rows), "",
+            f"- SAELens separate runs / saecircuits (time): **{harness.median(sl, 'seconds') / harness.median(ours, 'seconds'):.2f}x** (target >= 4)",
+            f"- SAELens multi-SAE runner / saecircuits (time): {harness.median(slm, 'seconds') / harness.median(ours, 'seconds'):.2f}x", ""]
+
+
+if __name__ == "__main__":
+    if not harness.side_main(SIDES):
+        main()

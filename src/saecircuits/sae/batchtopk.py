@@ -1,0 +1,51 @@
+"""BatchTopK SAE (Bussmann et al. 2024): the k·batch largest activations across the whole batch,
+so k holds on average per token. For inference it becomes a JumpReLU with one threshold, the
+running average of the smallest selected activation, and is saved as SAELens's ``jumprelu``."""
+
+from __future__ import annotations
+
+import torch
+
+from saecircuits.sae.sparse import SparseCode, select_batch_topk
+from saecircuits.sae.topk import TopKSAE
+
+THRESHOLD_LR = 0.01  # SAELens's topk_threshold_lr
+
+
+class BatchTopKSAE(TopKSAE):
+    architecture = "batchtopk"
+
+    def __init__(self, cfg, d_in: int, d_out: int | None = None):
+        super().__init__(cfg, d_in, d_out)
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+
+    def select(self):
+        return select_batch_topk(self.cfg.k)
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """Inference: JumpReLU at the learned threshold (what the saved file does)."""
+        return pre.relu() * (pre > self.threshold.to(pre.dtype))
+
+    def training_forward(self, x: torch.Tensor):
+        if self.cfg.sparse_kernels:
+            return super().training_forward(x)
+        pre = self.pre_acts(x)
+        code = self.select()(pre.detach())
+        f = torch.zeros_like(pre).index_put_((code.rows, code.idx), torch.ones_like(code.vals)) * pre
+        return self.decode(f, x), f, {"pre": pre}
+
+    @torch.no_grad()
+    def after_step(self, code, extra: dict) -> None:
+        vals = code.vals if isinstance(code, SparseCode) else code[code > 0]
+        vals = vals[vals > 0]
+        if len(vals):
+            self.threshold.mul_(1 - THRESHOLD_LR).add_(THRESHOLD_LR * vals.min().double())
+
+    def saelens_architecture(self) -> str:
+        return "jumprelu_skip_transcoder" if self.W_skip is not None else "jumprelu_transcoder" if self.is_transcoder else "jumprelu"
+
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().saelens_tensors(), "threshold": torch.full((self.d_sae,), float(self.threshold))}
+
+    def saelens_cfg_fields(self) -> dict:
+        return {}

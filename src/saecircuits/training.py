@@ -1,0 +1,404 @@
+"""Train many SAEs (and transcoders) at once from one activation stream.
+
+One forward pass of the model (or one read of the activation cache) feeds every SAE in the run,
+whatever its layer, site, width, k, sparsity coefficient or learning rate, so a sweep or an
+all-layer suite costs one forward pass per batch. Each SAE has its own Adam optimiser with
+linear warm-up and a linear decay to zero at the end; decoder rows stay at unit norm.
+
+Checkpoints (SAE weights and buffers, Adam state, the stream position) are written atomically
+every ``checkpoint_every_tokens``; ``resume`` continues from the last one and, on a CPU, ends
+with exactly the weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from saecircuits.config import Config
+from saecircuits.errors import SaecircuitsError
+from saecircuits.evaluation import SAEUnderTest, density_histogram, evaluate
+from saecircuits.files import ensure_dir, load_tensors, read_json, replace_dir, save_tensors, write_json
+from saecircuits.sae import SAEConfig, SparseAutoencoder, build
+from saecircuits.sae import format as sae_format
+from saecircuits.sae.topk import fired_latents
+from saecircuits.store import ActivationStore, Site, StoreConfig
+from saecircuits.text import TextConfig, TextSource
+from saecircuits.tracking import Run, WandbConfig
+
+SWEEPABLE = {"hook", "hook_out", "architecture", "d_sae", "expansion", "k", "lr", "l1_coefficient", "l0_coefficient", "seed", "aux_coefficient"}
+
+
+class EvalConfig(Config):
+    contexts: int = Field(64, ge=1, description="held-out contexts for evaluation")
+    batch_contexts: int = Field(8, ge=1)
+    every_tokens: int | None = Field(None, ge=1, description="also evaluate (without CE) during training")
+    ce: bool = Field(True, description="splice SAEs into the model: CE loss recovered and KL")
+    dense_threshold: float = Field(0.1, gt=0, le=1)
+
+
+class TrainConfig(Config):
+    """A training run: where activations come from, which SAEs, how long."""
+
+    model: str = "smollm2-135m"
+    text: TextConfig = TextConfig()
+    store: StoreConfig = StoreConfig(normalize="expected_average_only_in")
+    saes: list[SAEConfig]
+    total_tokens: int = Field(200_000, ge=1, description="training rows (tokens) per SAE")
+    activation_cache: str | None = Field(None, description="folder: cache activations there once, train from it")
+    checkpoint_every_tokens: int | None = Field(None, ge=1)
+    log_every_steps: int = Field(10, ge=1)
+    eval: EvalConfig = EvalConfig()
+    wandb: WandbConfig = WandbConfig()
+    out: str = "runs/train"
+
+    @field_validator("saes", mode="before")
+    @classmethod
+    def _expand_sweeps(cls, v: Any) -> Any:
+        """An entry's ``sweep: {k: [16, 32], lr: [1e-3, 3e-3]}`` becomes one SAE per combination."""
+        if not isinstance(v, list):
+            return v
+        out = []
+        for entry in v:
+            if not isinstance(entry, dict) or "sweep" not in entry:
+                out.append(entry)
+                continue
+            base = {k: val for k, val in entry.items() if k != "sweep"}
+            sweep = entry["sweep"]
+            if not isinstance(sweep, dict) or not sweep:
+                raise ValueError("sweep must map field names to lists of values")
+            bad = sorted(set(sweep) - SWEEPABLE)
+            if bad:
+                raise ValueError(f"sweep over {bad[0]!r} is not supported; sweepable: {', '.join(sorted(SWEEPABLE))}")
+            keys = list(sweep)
+            lists = [val if isinstance(val, list) else [val] for val in sweep.values()]
+            out.extend({**base, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*lists))
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.saes:
+            raise ValueError("saes is empty: list at least one SAE")
+        names = [s.name or s.default_name() for s in self.saes]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"two SAEs would be saved under the same name {sorted(dup)[0]!r}; set name or vary a field")
+        return self
+
+
+def geometric_median(x: torch.Tensor, iters: int = 50, tol: float = 1e-5) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of distances to the rows of x."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - m).norm(dim=1).clamp_min(1e-8)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() <= tol * m.norm().clamp_min(1e-8):
+            return new
+        m = new
+    return m
+
+
+def lr_factor(step: int, total_steps: int, warmup: float, decay: float) -> float:
+    """Linear warm-up over the first ``warmup`` share of steps, linear decay to 0 over the last ``decay`` share."""
+    w = max(1, int(warmup * total_steps)) if warmup > 0 else 0
+    f = min(1.0, (step + 1) / w) if w else 1.0
+    d0 = int((1 - decay) * total_steps)
+    if decay > 0 and step >= d0:
+        f *= max(0.0, (total_steps - step) / max(1, total_steps - d0))
+    return f
+
+
+class Trainer:
+    """Trains every SAE of a ``TrainConfig`` on one ``ActivationStore``."""
+
+    def __init__(self, cfg: TrainConfig, model, store: ActivationStore, out: str | Path, text: TextSource | None = None,
+                 run: Run | None = None, progress: bool = True):
+        self.cfg, self.model, self.store, self.text = cfg, model, store, text
+        self.out = ensure_dir(out)
+        self.run = run
+        self.progress = progress
+        widths = store.widths
+        self.saes: list[SparseAutoencoder] = []
+        for c in cfg.saes:
+            for key in filter(None, (c.hook, c.hook_out)):
+                if key not in widths:
+                    raise SaecircuitsError(f"SAE {c.name or c.default_name()}: site {key} is not in the activation stream",
+                                           f"the stream has: {', '.join(widths)}")
+            torch.manual_seed(c.seed)
+            self.saes.append(build(c, widths[c.hook], widths[c.hook_out] if c.hook_out else None))
+        self.names = [c.name or c.default_name() for c in cfg.saes]
+        bs = store.cfg.batch_size_tokens
+        self.total_steps = max(1, math.ceil(cfg.total_tokens / bs))
+        for sae in self.saes:
+            if sae.cfg.dead_after_tokens is None:
+                sae.dead_after_tokens = max(cfg.total_tokens // 10, 10 * bs)
+        self.opts = [torch.optim.Adam(s.parameters(), lr=s.cfg.lr, betas=s.cfg.adam_betas) for s in self.saes]
+        self.step = 0
+        self.history: list[dict] = []  # logged metrics, also kept for reports
+        self.seconds = 0.0
+
+    # ---- state on disk
+    def _checkpoint_dir(self) -> Path:
+        return self.out / "checkpoint"
+
+    def save_checkpoint(self) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        opt_meta = []
+        for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
+            for k, v in sae.state_dict().items():
+                tensors[f"sae{i}/{k}"] = v
+            sd = opt.state_dict()
+            for pid, st in sd["state"].items():
+                for k, v in st.items():
+                    tensors[f"opt{i}/{pid}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+            opt_meta.append(sd["param_groups"])
+        store_json, store_tensors = self.store.state()
+        tensors.update({f"store/{k}": v for k, v in store_tensors.items()})
+        state = {"step": self.step, "tokens_emitted": self.store.tokens_emitted, "names": self.names,
+                 "config": self.cfg.model_dump(mode="json", exclude={"out", "wandb", "checkpoint_every_tokens"}),
+                 "optimizer_param_groups": opt_meta, "store": store_json, "history": self.history, "seconds": self.seconds}
+        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.out))
+        try:
+            save_tensors(tmp / "state.safetensors", tensors)
+            write_json(tmp / "state.json", state)
+            replace_dir(tmp, self._checkpoint_dir())
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def load_checkpoint(self) -> bool:
+        folder = self._checkpoint_dir()
+        if not (folder / "state.json").exists():
+            return False
+        state = read_json(folder / "state.json", what="checkpoint")
+        mine = self.cfg.model_dump(mode="json", exclude={"out", "wandb", "checkpoint_every_tokens"})
+        if state["config"] != mine:
+            diff = sorted(k for k in mine if mine.get(k) != state["config"].get(k))
+            raise SaecircuitsError(f"the checkpoint in {folder} was made with another config (differs in: {', '.join(diff)})",
+                                   "resume with the same config, or choose another --out")
+        tensors = load_tensors(folder / "state.safetensors", what="checkpoint")
+        for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
+            sae.load_state_dict({k[len(f"sae{i}/"):]: v for k, v in tensors.items() if k.startswith(f"sae{i}/")})
+            opt_state: dict[int, dict] = {}
+            for k, v in tensors.items():
+                if k.startswith(f"opt{i}/"):
+                    _, pid, name = k.split("/", 2)
+                    opt_state.setdefault(int(pid), {})[name] = v
+            opt.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"][i]})
+        self.store.load_state(state["store"], {k[len("store/"):]: v for k, v in tensors.items() if k.startswith("store/")})
+        self.store.tokens_emitted = state["tokens_emitted"]
+        self.step = state["step"]
+        self.history = state["history"]
+        self.seconds = state["seconds"]
+        return True
+
+    # ---- training
+    def _init_b_dec(self, batch: dict[str, torch.Tensor]) -> None:
+        for sae in self.saes:
+            y = batch[sae.cfg.hook_out or sae.cfg.hook]
+            with torch.no_grad():
+                if sae.cfg.b_dec_init == "geometric_median" and not sae.is_transcoder:
+                    sae.b_dec.copy_(geometric_median(y.float()))
+                elif sae.cfg.b_dec_init != "zeros":
+                    sae.b_dec.copy_(y.float().mean(0))
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> list[dict]:
+        progress = self.step / self.total_steps
+        logs = []
+        for sae, opt in zip(self.saes, self.opts, strict=True):
+            x = batch[sae.cfg.hook]
+            y = batch[sae.cfg.hook_out] if sae.cfg.hook_out else x
+            f = lr_factor(self.step, self.total_steps, sae.cfg.lr_warmup_fraction, sae.cfg.lr_decay_fraction)
+            for group in opt.param_groups:
+                group["lr"] = sae.cfg.lr * f
+            out = sae.loss(x, y, progress)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            sae.project_decoder_grad()
+            opt.step()
+            sae.normalize_decoder()
+            fired = fired_latents(out.code, sae.d_sae)
+            sae.note_fired(fired, len(x))
+            sae.after_step(out.code, {})
+            logs.append({"loss": float(out.loss.detach()), "mse": out.mse, "lr": sae.cfg.lr * f, "out": out, "y": y})
+        self.step += 1
+        return logs
+
+    def _log(self, logs: list[dict], tokens: int, rate: float) -> dict:
+        row: dict[str, Any] = {"step": self.step, "tokens": tokens, "tokens_per_second": rate}
+        for name, sae, lg in zip(self.names, self.saes, logs, strict=True):
+            y = lg["y"]
+            sst = float((y - y.mean(0)).pow(2).sum(-1).mean())
+            code = lg["out"].code
+            l0 = code.l0() if hasattr(code, "l0") else float((code > 0).float().sum(-1).mean())
+            row[name] = {"loss": lg["loss"], "mse": lg["mse"], "explained_variance": 1 - lg["mse"] / sst if sst else float("nan"),
+                         "l0": l0, "lr": lg["lr"], "dead": int((sae.tokens_since_fired >= sae.dead_after_tokens).sum()),
+                         **{k: v for k, v in lg["out"].metrics.items() if isinstance(v, float)}}
+        self.history.append(row)
+        if self.run:
+            flat = {"tokens": tokens, "tokens_per_second": rate}
+            for name in self.names:
+                flat.update({f"{name}/train/{k}": v for k, v in row[name].items()})
+            self.run.log(flat, step=self.step)
+        return row
+
+    def fit(self, resume: bool = False) -> None:
+        """Train to ``total_tokens``, checkpointing as configured; resumes from a checkpoint if asked."""
+        if resume and not self.load_checkpoint():
+            raise SaecircuitsError(f"--resume: no checkpoint in {self._checkpoint_dir()}", "start without --resume")
+        if not resume and self._checkpoint_dir().exists():
+            raise SaecircuitsError(f"{self.out} already holds a checkpoint of a run", "pass --resume to continue it, or choose another --out")
+        bs = self.store.cfg.batch_size_tokens
+        total = self.total_steps * bs
+        ckpt_every = self.cfg.checkpoint_every_tokens
+        eval_every = self.cfg.eval.every_tokens
+        bar = _Bar(self.progress, total, self.step * bs)
+        start = time.perf_counter() - self.seconds
+        last_ckpt = self.step * bs
+        try:
+            for batch in self.store.batches(max_tokens=total) if self.step < self.total_steps else ():
+                if self.step == 0:
+                    self._init_b_dec(batch)
+                logs = self.train_step(batch)
+                tokens = self.step * bs
+                self.seconds = time.perf_counter() - start
+                if self.step % self.cfg.log_every_steps == 0 or self.step == self.total_steps:
+                    row = self._log(logs, tokens, tokens / self.seconds)
+                    bar.update(tokens, row, self.names[0])
+                else:
+                    bar.update(tokens)
+                if eval_every and tokens // eval_every > (tokens - bs) // eval_every and self.text is not None:
+                    self.evaluate(ce=False, prefix="eval_during")
+                if ckpt_every and tokens - last_ckpt >= ckpt_every and self.step < self.total_steps:
+                    self.save_checkpoint()
+                    last_ckpt = tokens
+                if self.step >= self.total_steps:
+                    break
+        finally:
+            bar.close()
+        self.save_checkpoint()
+
+    # ---- results
+    def under_test(self) -> list[SAEUnderTest]:
+        scales = self.store.scales
+        return [SAEUnderTest(n, s, scales.get(s.cfg.hook, 1.0), scales.get(s.cfg.hook_out or s.cfg.hook, 1.0))
+                for n, s in zip(self.names, self.saes, strict=True)]
+
+    def evaluate(self, ce: bool | None = None, prefix: str = "eval") -> dict[str, dict]:
+        if self.text is None:
+            raise SaecircuitsError("evaluation needs the text source (held-out split)")
+        e = self.cfg.eval
+        tokens = self.text.take(e.contexts, "eval")
+        for sae in self.saes:
+            sae.eval()
+        res = evaluate(self.model, self.under_test(), tokens, e.batch_contexts, e.ce if ce is None else ce,
+                       self.store.cfg.exclude_special_tokens, self.store.cfg.exclude_first_position, e.dense_threshold)
+        for sae in self.saes:
+            sae.train()
+        if self.run:
+            flat = {f"{n}/{prefix}/{k}": v for n, r in res.items() for k, v in r.items() if isinstance(v, (int, float))}
+            self.run.log(flat, step=self.step)
+        return res
+
+    def save_saes(self, folder: Path) -> list[Path]:
+        """Every SAE in SAELens's format under ``folder``, scales folded in."""
+        out = []
+        meta = self.store.describe
+        text = meta.get("text", {})
+        for u in self.under_test():
+            out.append(sae_format.save(
+                u.sae, folder / u.name, model_name=self.model.cfg.model_name, scale_in=u.scale_in, scale_out=u.scale_out,
+                context_size=self.store.context_size, dataset=text.get("source") or meta.get("cache"),
+                exclude_special_tokens=None, training_tokens=self.store.tokens_emitted,
+            ))
+        return out
+
+
+class _Bar:
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.p = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
+                              TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.p.add_task("train", total=total, completed=done, info="")
+            self.p.start()
+
+    def update(self, tokens: int, row: dict | None = None, first: str | None = None) -> None:
+        if self.p is None:
+            return
+        info = None
+        if row is not None:
+            r = row[first]
+            info = f"{row['tokens_per_second']:,.0f} tok/s  {first[:40]}: EV {r['explained_variance']:.3f} L0 {r['l0']:.1f}"
+        self.p.update(self.task, completed=tokens, **({"info": info} if info else {}))
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+
+def make_store(cfg: TrainConfig, model, progress: bool = True) -> tuple[ActivationStore, TextSource]:
+    """The run's activation stream: from the activation cache (built first if missing) or from the model."""
+    sites = []
+    for c in cfg.saes:
+        for key in filter(None, (c.hook, c.hook_out)):
+            if key not in sites:
+                sites.append(key)
+    text = TextSource.for_model(cfg.text, model)
+    if cfg.activation_cache:
+        from saecircuits.activation_cache import build_cache
+
+        cache = build_cache(cfg.activation_cache, model, sites, text, cfg.store, cfg.total_tokens + cfg.total_tokens // 20 + cfg.text.context_size * 8,
+                            progress=progress)
+        cache.check(model=model, site_keys=[Site.parse(s).key for s in sites])
+        return cache.store(cfg.store, [Site.parse(s).key for s in sites], total_rows=cfg.total_tokens), text
+    return ActivationStore.from_model(model, sites, text, cfg.store, total_rows=cfg.total_tokens), text
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, model=None) -> dict:
+    """Run a training config end to end: stream, train, save SAEs, evaluate, log to W&B. Returns the summary."""
+    from saecircuits import models
+
+    out = ensure_dir(cfg.out)
+    model = model or models.load(cfg.model)
+    store, text = make_store(cfg, model, progress)
+    write_json(out / "config.json", cfg.model_dump(mode="json"))
+    run = Run(cfg.wandb, out, cfg.model_dump(mode="json"), job="train")
+    trainer = Trainer(cfg, model, store, out, text, run, progress)
+    trainer.fit(resume=resume)
+    paths = trainer.save_saes(out / "saes")
+    results = trainer.evaluate()
+    summary = {"model": model.cfg.model_name, "tokens": store.tokens_emitted, "steps": trainer.step,
+               "seconds": trainer.seconds, "tokens_per_second": store.tokens_emitted / max(trainer.seconds, 1e-9),
+               "tokens_dropped_outlier": store.tokens_dropped_outlier, "scales": store.scales, "saes": {}}
+    for name, path, sae in zip(trainer.names, paths, trainer.saes, strict=True):
+        r = results[name]
+        summary["saes"][name] = {"path": str(path), "hook": sae.cfg.hook, "hook_out": sae.cfg.hook_out,
+                                 "architecture": sae.cfg.architecture, "d_sae": sae.d_sae, "k": sae.cfg.k, "lr": sae.cfg.lr,
+                                 "density_histogram": density_histogram(r["density"]),
+                                 **{k: v for k, v in r.items() if k != "density"}}
+        run.histogram(f"{name}/eval/log10_feature_density", [math.log10(d) for d in r["density"] if d > 0])
+    write_json(out / "summary.json", summary)
+    write_json(out / "history.json", trainer.history)
+    run.summary({f"{n}/{k}": v for n, s in summary["saes"].items() for k, v in s.items() if isinstance(v, (int, float))})
+    run.artifact(f"saes-{out.name}", "sae", paths, {"model": model.cfg.model_name})
+    summary["wandb_sync"] = run.finish()
+    summary["wandb_mode"] = run.mode
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def read_summary(out: str | Path) -> dict:
+    return json.loads((Path(out) / "summary.json").read_text())
