@@ -9,7 +9,7 @@ def run(*args, env=None):
 def test_help_lists_commands():
     out = run("--help")
     assert out.returncode == 0
-    for cmd in ("models",):
+    for cmd in ("models", "cache", "train", "demo"):
         assert cmd in out.stdout
 
 

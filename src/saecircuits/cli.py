@@ -31,8 +31,12 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug or bool(os.environ.get("SAECIRCUITS_DEBUG"))
 
 
-def command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Register a command whose SaecircuitsErrors print as one line and exit with status 2."""
+def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = None, name: str | None = None) -> Any:
+    """Register a command whose SaecircuitsErrors print as one line and exit with status 2.
+
+    ``@command`` registers on the main app; ``@command(on=group, name="x")`` on a sub-app (``saecircuits GROUP x``)."""
+    if fn is None:
+        return functools.partial(command, on=on, name=name)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -63,7 +67,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             )
             raise typer.Exit(1) from None
 
-    return app.command()(run)
+    return (on or app).command(name=name)(run)
 
 
 @command
@@ -128,6 +132,34 @@ def cache(
 
 
 @command
+def dashboards(
+    sae: Path = typer.Option(..., "--sae", help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: index.html, features/<id>.html, stats, Neuronpedia JSON."),
+    model: str = typer.Option("smollm2-135m", "--model", help="The model the SAE reads (an offline name, a folder or a hub name)."),
+    text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
+    tokens: int = typer.Option(100_000, "--tokens", min=1, help="Context tokens to run through the model and the SAE."),
+    context_size: int = typer.Option(128, "--context-size", min=2),
+    batch: int = typer.Option(16, "--batch", min=1, help="Contexts per forward pass."),
+    wandb: str = typer.Option("auto", "--wandb", help="auto | online | offline | off"),
+    restart: bool = typer.Option(False, "--restart", help="Discard statistics checkpointed in --out by an earlier run."),
+) -> None:
+    """Feature dashboards: one pass over text, then an offline HTML site, Neuronpedia JSON and W&B pages.
+
+    A rerun with the same arguments resumes after the last checkpointed batch.
+    """
+    from saecircuits.dashboards import build_dashboards
+
+    s = build_dashboards(sae, model, text, out, tokens, wandb=wandb, restart=restart, batch_contexts=batch,
+                         text={"context_size": context_size})
+    console.print(
+        f"{s['n_features']:,} features ({s['n_live']:,} live, {s['n_dead']:,} dead) over {s['tokens']:,} tokens "
+        f"in {s['seconds']['total']:.0f} s; open {s['index']}"
+    )
+    if s.get("wandb_sync"):
+        console.print(f"W&B ran offline; upload later with: {s['wandb_sync']}")
+
+
+@command
 def train(
     config: Path = typer.Argument(..., help="Training config (YAML): model, text, store, saes, total_tokens, ..."),
     out: str = typer.Option(None, "--out", help="Output folder (overrides the config's out)."),
@@ -153,6 +185,64 @@ def train(
     print_train_summary(summary, cfg.out)
 
 
+@command
+def demo(
+    out: str = typer.Option("runs/demo", "--out", help="Output folder (reused on a rerun: finished stages are skipped)."),
+    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
+    layers: str = typer.Option("3,6,9", "--layers", help="Comma-separated residual-stream layers for SAEs."),
+    tokens: int = typer.Option(200_000, "--tokens", help="Training tokens per SAE."),
+    wandb: str = typer.Option("auto", "--wandb", help="auto | online | offline | off"),
+) -> None:
+    """The main job on the embedded default model: the whole flow under one output folder."""
+    from saecircuits.config import validate
+    from saecircuits.demo import DemoConfig, run
+
+    try:
+        layer_list = [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise SaecircuitsError(f"--layers must be comma-separated integers, got '{layers}'") from None
+    cfg = validate(DemoConfig, {"out": out, "model": model, "text": text, "layers": layer_list, "tokens": tokens,
+                                "wandb": {"mode": wandb}}, where="demo")
+    results = run(cfg)
+    print_train_summary(results["train"], str(Path(out) / "train"))
+
+
+@command
+def match(
+    sae_a: list[Path] = typer.Option(..., "--sae-a", help="SAE folder (SAELens format) on side A; repeatable (chains: in layer order)."),
+    sae_b: list[Path] = typer.Option(None, "--sae-b", help="SAE folder on side B; repeatable. Every A x B pair is matched."),
+    out: Path = typer.Option(..., "--out", help="Output folder for tables, graphs and figures."),
+    mode: str = typer.Option("activations", "--mode", help="activations | weights | chains | flow"),
+    model: str = typer.Option(None, "--model", help="Model of the A SAEs (default: the model named in the SAE's cfg.json)."),
+    model_b: str = typer.Option(None, "--model-b", help="Model of the B SAEs, if another: text is aligned by character offsets."),
+    text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME"),
+    tokens: int = typer.Option(100_000, "--tokens", min=1, help="Compared tokens (aligned positions across models)."),
+    context_size: int = typer.Option(128, "--context-size", min=2),
+    method: str = typer.Option("hungarian", "--method", help="hungarian (one-to-one) | best (many-to-one) | greedy"),
+    min_r: float = typer.Option(0.1, "--min-r", help="Pairs below this correlation are flagged low_r."),
+    null: int = typer.Option(1000, "--null", min=0, help="Shuffled pairings per similarity null (0: skip SVCCA/RSA/CKA)."),
+    random_subsets: int = typer.Option(100, "--random-subsets", min=0, help="Draws of the random-subset baseline."),
+    sample_tokens: int = typer.Option(2048, "--sample-tokens", min=0, help="Tokens kept for activation-space similarity."),
+    alignment: str = typer.Option("boundary", "--alignment", help="boundary | cover (cross-model token alignment rule)"),
+    min_cos: float = typer.Option(0.5, "--min-cos", help="chains / flow: weakest decoder cosine that links two features."),
+    flow_direction: str = typer.Option("decoder", "--flow-direction", help="flow: compare each feature's decoder or encoder direction"),
+    batch_contexts: int = typer.Option(8, "--batch-contexts", min=1),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Match SAE features across layers or models: tables, graphs, similarity statistics and heatmaps."""
+    from saecircuits.match_outputs import run_match_command
+
+    written = run_match_command(
+        [str(p) for p in sae_a], [str(p) for p in sae_b or []], str(out), mode=mode, model=model, model_b=model_b,
+        settings={"text": {"source": text, "context_size": context_size}, "tokens": tokens, "method": method,
+                  "min_r": min_r, "null": null, "random_subsets": random_subsets, "sample_tokens": sample_tokens,
+                  "alignment": alignment, "batch_contexts": batch_contexts, "seed": seed},
+        min_cos=min_cos, flow_direction=flow_direction, console=Console(),
+    )
+    console.print(f"written: {out} ({', '.join(sorted(written))})")
+
+
 def print_train_summary(summary: dict, out: str) -> None:
     t = Table(title=f"{len(summary['saes'])} SAE(s), {summary['tokens']:,} tokens, {summary['tokens_per_second']:,.0f} tok/s")
     for col in ("SAE", "d_sae", "L0", "expl. var.", "dead", "CE recovered", "KL"):
@@ -164,6 +254,201 @@ def print_train_summary(summary: dict, out: str) -> None:
     console.print(f"SAEs (SAELens format): {Path(out) / 'saes'}; summary: {Path(out) / 'summary.json'}")
     if summary.get("wandb_sync"):
         console.print(f"W&B ran offline; upload later with: {summary['wandb_sync']}")
+
+
+# ---------------------------------------------------------------- layers: layer-wise analysis
+
+layers_app = typer.Typer(help="Layer-wise analysis: logit/tuned lens, sublayer contributions, layer skipping, "
+                              "probes per layer, linearity between layers. Each writes MODE.json + MODE.png/.pdf to --out.",
+                         no_args_is_help=True)
+app.add_typer(layers_app, name="layers")
+_MODEL_OPT = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name")
+_OUT_OPT = typer.Option(..., "--out", help="Output folder for the JSON and figures.")
+_TEXT_OPT = typer.Option("stdlib", "--text", help="stdlib | bible | stdlib+bible | PATH | hf:NAME | tokens:PATH")
+
+
+def _layers_stream(text: str, tokens: int, context_size: int, batch_size: int) -> Any:
+    from saecircuits.config import validate
+    from saecircuits.layers.stream import StreamConfig
+
+    return validate(StreamConfig, {"text": {"source": text, "context_size": context_size}, "tokens": tokens,
+                                   "batch_size": batch_size}, where="layers")
+
+
+def _layers_write(out: Path, name: str, result: dict) -> None:
+    from saecircuits.layers.figures import write
+
+    files = write(out, name, result)
+    console.print(f"wrote {files['json']} and {', '.join(files['figures'])}")
+
+
+@command(on=layers_app, name="lens")
+def layers_lens(
+    out: Path = _OUT_OPT,
+    model: str = _MODEL_OPT,
+    prompt: list[str] = typer.Option(None, "--prompt", help="A prompt (repeatable; pair each with an --answer)."),
+    answer: list[str] = typer.Option(None, "--answer", help="The answer token's text, e.g. ' Mary' (repeatable)."),
+    prompts: Path = typer.Option(None, "--prompts", help="CSV with columns prompt,answer."),
+    tuned: Path = typer.Option(None, "--tuned", help="A tuned lens folder (from `saecircuits layers tuned-lens`)."),
+) -> None:
+    """Logit lens (or tuned lens): rank and probability of the answer at every layer and position."""
+    from saecircuits import models as m
+    from saecircuits.layers import lens as lenslib
+    from saecircuits.layers import tuned as tunedlib
+
+    ps, ans = list(prompt or []), list(answer or [])
+    if prompts:
+        more_p, more_a = lenslib.read_prompts(str(prompts))
+        ps, ans = ps + more_p, ans + more_a
+    if len(ps) != len(ans) or not ps:
+        raise SaecircuitsError(f"{len(ps)} prompt(s) and {len(ans)} answer(s)", "give each --prompt an --answer, or --prompts CSV")
+    lm = m.load(model)
+    lens = tunedlib.load(tuned, lm) if tuned else None
+    r = lenslib.logit_lens(lm, ps, ans, lens)
+    name = r["analysis"]
+    console.print(f"{name} on {r['n_prompts']} prompt(s): final top-1 accuracy {r['final_accuracy']:.2f}; answer first top-1 "
+                  f"at layer {r['first_top1']['median_label']} (median, {r['first_top1']['n']}/{r['n_prompts']} prompts), "
+                  f"stays top-1 from {r['stable_top1']['median_label']}")
+    _layers_write(out, name, r)
+
+
+@command(on=layers_app, name="tuned-lens")
+def layers_tuned_lens(
+    out: Path = typer.Option(..., "--out", help="Folder for the tuned lens (safetensors + JSON) and its KL figure."),
+    model: str = _MODEL_OPT,
+    text: str = _TEXT_OPT,
+    tokens: int = typer.Option(65_536, "--tokens", min=1, help="Training tokens."),
+    context_size: int = typer.Option(128, "--context-size", min=2),
+    batch_tokens: int = typer.Option(256, "--batch-tokens", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    eval_tokens: int = typer.Option(4096, "--eval-tokens", min=0),
+) -> None:
+    """Train a tuned lens (an affine translator per layer, KL to the final logits) on the activation stream."""
+    from saecircuits import models as m
+    from saecircuits.config import validate
+    from saecircuits.layers import tuned as tunedlib
+
+    cfg = validate(tunedlib.TunedLensConfig, {"text": {"source": text, "context_size": context_size}, "tokens": tokens,
+                                              "batch_size_tokens": batch_tokens, "lr": lr, "eval_tokens": eval_tokens},
+                   where="tuned-lens")
+    lm = m.load(model)
+    lens, summary = tunedlib.train(lm, cfg)
+    tunedlib.save(lens, out, summary)
+    if "eval" in summary:
+        ev = summary["eval"]
+        mid = len(ev["layers"]) // 2
+        console.print(f"held-out KL at layer {ev['layers'][mid]}: logit lens {ev['kl_logit_lens'][mid]:.3f}, "
+                      f"tuned lens {ev['kl_tuned_lens'][mid]:.3f} nats")
+    _layers_write(out, "tuned_lens_training", summary)
+
+
+@command(on=layers_app, name="contributions")
+def layers_contributions(
+    out: Path = _OUT_OPT,
+    model: str = _MODEL_OPT,
+    text: str = _TEXT_OPT,
+    tokens: int = typer.Option(16_384, "--tokens", min=2),
+    context_size: int = typer.Option(128, "--context-size", min=2),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+) -> None:
+    """Norm of each attention / MLP output relative to the residual stream, and its cosine with it, per layer."""
+    from saecircuits import models as m
+    from saecircuits.layers import contributions
+
+    stream = _layers_stream(text, tokens, context_size, batch_size)
+    r = contributions.measure(m.load(model), stream)
+    h = r["halves"]["block_rel_norm"]
+    console.print(f"{r['tokens']:,} tokens: mean ||block out|| / ||resid|| first half {h['first_half']:.3f}, "
+                  f"second half {h['second_half']:.3f}")
+    _layers_write(out, "contributions", r)
+
+
+@command(on=layers_app, name="skip")
+def layers_skip(
+    out: Path = _OUT_OPT,
+    model: str = _MODEL_OPT,
+    text: str = _TEXT_OPT,
+    tokens: int = typer.Option(2048, "--tokens", min=2, help="Tokens per intervention (each is a full forward pass)."),
+    context_size: int = typer.Option(128, "--context-size", min=2),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    skip: list[str] = typer.Option(None, "--skip", help="Layers skipped together: 7, 10-14 or 3,5 (repeatable); default every single layer."),
+    swap: bool = typer.Option(True, "--swap/--no-swap", help="Also swap each pair of adjacent layers."),
+) -> None:
+    """Skip layers (or ranges) and swap adjacent ones: change in later residuals and in the output (KL, loss)."""
+    from saecircuits import models as m
+    from saecircuits.config import validate
+    from saecircuits.layers import skipping
+
+    lm = m.load(model)
+    skips = [skipping.parse_layers(s, lm.cfg.n_layers) for s in skip] if skip else None
+    cfg = validate(skipping.SkipConfig, {"stream": _layers_stream(text, tokens, context_size, batch_size).model_dump(),
+                                         "skips": skips, "swap_adjacent": swap}, where="skip")
+    r = skipping.measure(lm, cfg)
+    h = r["halves"]
+    worst = max(r["interventions"], key=lambda x: x["kl"])
+    console.print(f"clean loss {r['clean_loss']:.3f}; mean KL of skipping one layer: first half "
+                  f"{h['skip_kl_first_half'] if h['skip_kl_first_half'] is not None else float('nan'):.4f}, second half "
+                  f"{h['skip_kl_second_half'] if h['skip_kl_second_half'] is not None else float('nan'):.4f}; "
+                  f"largest: {worst['name']} (KL {worst['kl']:.3f})")
+    _layers_write(out, "skip", r)
+
+
+@command(on=layers_app, name="probe")
+def layers_probe(
+    out: Path = _OUT_OPT,
+    model: str = _MODEL_OPT,
+    data: str = typer.Option("code-vs-prose", "--data", help="code-vs-prose | old-vs-new-testament | a CSV of text,label"),
+    pool: str = typer.Option("last", "--pool", help="last | mean (over the text's tokens)"),
+    n_per_class: int = typer.Option(100, "--n-per-class", min=2, help="Built-in sets: texts per class."),
+    n_tokens: int = typer.Option(32, "--n-tokens", min=1, help="Built-in sets: tokens per text."),
+    sae: list[Path] = typer.Option(None, "--sae", help="An SAE folder whose features are probed too (repeatable)."),
+    test_fraction: float = typer.Option(0.3, "--test-fraction"),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength (as scikit-learn)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Logistic-regression probes on every layer's residual (and SAE features): held-out accuracy by layer."""
+    from saecircuits import models as m
+    from saecircuits.config import validate
+    from saecircuits.layers import probes
+    from saecircuits.sae import format as sae_format
+
+    cfg = validate(probes.ProbeConfig, {"pool": pool, "test_fraction": test_fraction, "repeats": repeats, "C": c,
+                                        "seed": seed}, where="probe")
+    lm = m.load(model)
+    labelled = probes.load(lm, data, n_per_class, n_tokens, seed)
+    saes = {p.name: sae_format.load(p) for p in (sae or [])}
+    r = probes.measure(lm, labelled, cfg, saes)
+    console.print(f"{r['n_examples']} texts ({', '.join(r['classes'])}): best held-out accuracy {r['best_accuracy']:.3f} "
+                  f"at layer {r['best_layer']}; within 0.02 of it from layer {r['concept_depth']}")
+    for s in r["saes"]:
+        console.print(f"SAE {s['name']} ({s['hook']}): held-out accuracy {s['test_accuracy']:.3f}")
+    _layers_write(out, "probe", r)
+
+
+@command(on=layers_app, name="linearity")
+def layers_linearity(
+    out: Path = _OUT_OPT,
+    model: str = _MODEL_OPT,
+    text: str = _TEXT_OPT,
+    tokens: int = typer.Option(16_384, "--tokens", min=2, help="Tokens to fit the maps on."),
+    eval_tokens: int = typer.Option(4096, "--eval-tokens", min=2, help="Held-out tokens (the text's eval split)."),
+    context_size: int = typer.Option(128, "--context-size", min=2),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    normalize: str = typer.Option("token", "--normalize", help="token (each residual to unit norm) | none"),
+) -> None:
+    """R^2 of the best affine map from each layer's residual to the next (in-sample and held out)."""
+    from saecircuits import models as m
+    from saecircuits.config import validate
+    from saecircuits.layers import linearity
+
+    cfg = validate(linearity.LinearityConfig, {"stream": _layers_stream(text, tokens, context_size, batch_size).model_dump(),
+                                               "eval_tokens": eval_tokens, "normalize": normalize}, where="linearity")
+    r = linearity.measure(m.load(model), cfg)
+    worst = min(range(len(r["r2_held_out"])), key=lambda i: r["r2_held_out"][i])
+    console.print(f"held-out R^2 of one affine map per block: min {r['r2_held_out'][worst]:.3f} (block {r['layers'][worst]}), "
+                  f"mean {sum(r['r2_held_out']) / len(r['r2_held_out']):.3f}")
+    _layers_write(out, "linearity", r)
 
 
 def main() -> None:
