@@ -24,6 +24,12 @@ WORK = Path(os.environ.get("SAECIRCUITS_BENCH_WORK", Path(__file__).parent / ".w
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss
+    across execve, so a side started by a parent that had loaded a model would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -79,6 +79,35 @@ def side_ours(args: dict) -> dict:
     return {"seconds": seconds, "tokens": acts.tokens_seen, "rows": rows, "forward_seconds": acts.forward_seconds}
 
 
+def side_cache_read(args: dict) -> dict:
+    """Stream a cache of the same contexts (built beforehand, not timed) through the store, shuffled."""
+    from saecircuits.activation_cache import ActivationCache
+    from saecircuits.store import StoreConfig
+
+    cache = ActivationCache(args["cache"])
+    cfg = StoreConfig(batch_size_tokens=TRAIN_BATCH, model_batch_size=MODEL_BATCH, buffer_tokens=BUFFER_TOKENS)
+    store = cache.store(cfg, repeat=False)
+    t = time.perf_counter()
+    rows = 0
+    for b in store.batches(drop_last=False):
+        rows += len(next(iter(b.values())))
+    return {"seconds": time.perf_counter() - t, "tokens": cache.n_contexts * cache.context_size, "rows": rows}
+
+
+def build_cache(tokens: str, hooks: list[str]) -> str:
+    """The cache the cache-read side streams (built once per token file and hook set)."""
+    from saecircuits.activation_cache import build_cache as build
+    from saecircuits.store import StoreConfig
+    from saecircuits.text import TextConfig, TextSource
+
+    folder = harness.WORK / f"cache_{Path(tokens).stem}_{len(hooks)}hooks"
+    model = _model()
+    text = TextSource(TextConfig(source=f"tokens:{tokens}", context_size=CONTEXT, eval_fraction=0), model.tokenizer, None, None)
+    n = len(_tokens({"tokens": tokens})) * CONTEXT
+    build(folder, model, hooks, text, StoreConfig(model_batch_size=MODEL_BATCH), n, progress=False)
+    return str(folder)
+
+
 def _saelens_store(model, ds, hooks, n_tokens, special):
     import torch
     from sae_lens.training.activations_store import ActivationsStore
@@ -133,7 +162,7 @@ def side_saelens(args: dict) -> dict:
     return {"seconds": time.perf_counter() - t, "tokens": tokens.numel() * (1 if multi else len(args["hooks"])), "rows": rows}
 
 
-SIDES = {"bare": side_bare, "ours": side_ours, "saelens": side_saelens}
+SIDES = {"bare": side_bare, "ours": side_ours, "cache_read": side_cache_read, "saelens": side_saelens}
 
 
 def main() -> None:
@@ -147,9 +176,11 @@ def main() -> None:
     mod = __file__
     tok1 = str(harness.shared_tokens("smollm2-135m", a.contexts_single, CONTEXT))
     tok6 = str(harness.shared_tokens("smollm2-135m", a.contexts_six, CONTEXT))
+    cache1 = build_cache(tok1, SINGLE)
     single = harness.interleaved(mod, [
         ("bare forward to layer 7", "bare", {"tokens": tok1, "hooks": SINGLE}),
         ("saecircuits store", "ours", {"tokens": tok1, "hooks": SINGLE}),
+        ("saecircuits store reading its cache", "cache_read", {"cache": cache1}),
         ("SAELens ActivationsStore", "saelens", {"tokens": tok1, "hooks": SINGLE}),
     ], a.repeats)
     six = harness.interleaved(mod, [
@@ -165,12 +196,13 @@ def main() -> None:
     def row(label, res, n_hooks=1):
         return [label, f"{tps(res, n_hooks):,.0f}", f"{harness.median(res, 'seconds'):.1f}", f"{harness.median(res, 'peak_rss_mb'):,.0f}"]
 
-    bare1, ours1, sl1 = (single[k] for k in single)
+    bare1, ours1, cache1_res, sl1 = (single[k] for k in single)
     bare6, ours6, sl6, slm = (six[k] for k in six)
     t_ours6, t_sl6, t_slm = (harness.median(x, "seconds") for x in (ours6, sl6, slm))
     summary = {
         "single_vs_bare_forward": tps(ours1) / tps(bare1),
         "single_vs_saelens": tps(ours1) / tps(sl1),
+        "cache_read_vs_generation": tps(cache1_res) / tps(ours1),
         "saelens_single_vs_bare_forward": tps(sl1) / tps(bare1),
         "six_hooks_vs_six_saelens_stores": t_sl6 / t_ours6,
         "six_hooks_vs_saelens_multi_hook_store": t_slm / t_ours6,
@@ -186,10 +218,12 @@ def main() -> None:
         "",
         "## One hook: blocks.6.hook_resid_post",
         harness.md_table(["side", "context tokens/s", "seconds", "peak MB"], [
-            row("bare forward to layer 7", bare1), row("saecircuits store", ours1), row("SAELens ActivationsStore", sl1)]),
+            row("bare forward to layer 7", bare1), row("saecircuits store", ours1),
+            row("saecircuits store reading its cache", cache1_res), row("SAELens ActivationsStore", sl1)]),
         "",
         f"- saecircuits / bare forward: **{summary['single_vs_bare_forward']:.3f}** (target >= 0.95)",
         f"- saecircuits / SAELens: **{summary['single_vs_saelens']:.2f}x**; SAELens / bare forward: {summary['saelens_single_vs_bare_forward']:.3f}",
+        f"- reading the on-disk cache (shuffled) / generating: **{summary['cache_read_vs_generation']:.1f}x** (target >= 1)",
         "",
         "## Six hooks at six depths: layers 4, 9, 14, 19, 24, 29 (resid_post)",
         harness.md_table(["side", "context tokens/s per hook", "seconds", "peak MB"], [

@@ -1,17 +1,18 @@
 """SAE training: saecircuits vs SAELens 6.x on SmolLM2, same tokens, side by side.
 
-Cases (pre-packed stdlib contexts of 128 tokens, 8 contexts a forward pass, 4,096-token batches,
+Phases (pre-packed stdlib contexts of 128 tokens, 8 contexts a forward pass, 4,096-token batches,
 the same excluded special tokens, activations normalised to norm sqrt(d) on both sides):
 
-- single: TopK k=32, d_sae 4608 on blocks.6.hook_resid_post, 200k tokens. SAELens at three
-  learning rates (its best is the baseline for quality), saecircuits at one; a bare forward pass
-  to layer 7 is the floor. Every SAE (both tools) is evaluated by the same code on the same
-  held-out contexts: explained variance, L0, dead latents, CE loss recovered.
+- quality: TopK k=32, d_sae 4608 on blocks.6.hook_resid_post, 200k tokens; saecircuits at one
+  learning rate, SAELens at four (its best is the baseline). Every SAE of both tools is evaluated
+  by the same code on the same held-out contexts: explained variance, L0, dead latents, CE loss
+  recovered, KL. Deterministic for a seed, so timings are not taken from it.
+- single: the same SAE timed, both tools at lr 2e-3, with a bare forward pass to layer 7 as the floor.
 - sweep: 8 TopK SAEs (k in 16, 32, 64, 128 x lr 1e-3, 3e-3) from one saecircuits run vs eight
-  SAELens runs, and vs one SAELens 6.54 multi-SAE run, for reference.
+  SAELens runs, and vs SAELens 6.54's multi-SAE runner, for reference.
 - suite: 6 TopK SAEs at layers 4, 9, 14, 19, 24, 29 from one run vs six SAELens runs.
 
-Run: python benchmarks/train_vs_saelens.py [--only single|sweep|suite]
+Run: python benchmarks/train_vs_saelens.py [--phase quality --phase single ...]
 """
 
 from __future__ import annotations
@@ -151,9 +152,7 @@ def side_saelens_multi(args: dict) -> dict:
     steps = args["train_tokens"] // TRAIN_BATCH
     saes = {f"s{i}": TopKTrainingSAEConfig(d_in=576, d_sae=D_SAE, k=s["k"], normalize_activations="expected_average_only_in")
             for i, s in enumerate(args["saes"])}
-    lrs = {s["lr"] for s in args["saes"]}
-    if len(lrs) > 1:  # the multi runner takes one learning rate for all SAEs
-        pass
+    lrs = {s["lr"] for s in args["saes"]}  # the multi runner takes one learning rate for all SAEs: the lowest
     cfg = MultiSAETrainingRunnerConfig(
         saes=saes, hook_names={f"s{i}": s["hook"] for i, s in enumerate(args["saes"])}, model_name="smollm2-135m",
         dataset_path="local", streaming=False, context_size=CONTEXT, training_tokens=args["train_tokens"],
@@ -176,11 +175,20 @@ def ours_saes(specs: list[dict]) -> list[dict]:
     return [{"architecture": "topk", "hook": s["hook"], "d_sae": D_SAE, "k": s["k"], "lr": s["lr"]} for s in specs]
 
 
+PHASES = ("quality", "single", "sweep", "suite")
+
+
 def main() -> None:
+    """Each phase updates its own part of results/train_vs_saelens.json; the markdown is rebuilt from all parts.
+
+    quality: every SAE trained once and evaluated (deterministic for a seed, so it may run on a busy machine);
+    single, sweep, suite: timings, interleaved and repeated (run these on a quiet machine).
+    """
     import argparse
+    import json
 
     p = argparse.ArgumentParser()
-    p.add_argument("--only", choices=["single", "sweep", "suite"], default=None)
+    p.add_argument("--phase", choices=PHASES, action="append", help="default: all, in order")
     p.add_argument("--train-tokens", type=int, default=200_000)
     p.add_argument("--sweep-tokens", type=int, default=49_152)
     p.add_argument("--repeats", type=int, default=3)
@@ -190,75 +198,90 @@ def main() -> None:
     n_ctx = a.train_tokens // CONTEXT + 64  # a little over: special tokens are dropped from the stream
     tok = str(harness.shared_tokens("smollm2-135m", n_ctx, CONTEXT))
     ev = str(harness.shared_tokens("smollm2-135m", a.eval_contexts, CONTEXT, split="eval"))
-    data: dict = {"machine": harness.machine(), "args": vars(a)}
-    md = ["# SAE training: saecircuits vs SAELens", "", f"Machine: {harness.machine()}. Medians of interleaved runs, "
-          "each side in its own process; tokens/s counts training tokens (rows) per SAE.", ""]
-    if a.only in (None, "single"):
-        specs = [{"hook": LAYER6, "k": 32, "lr": 2e-3}]
-        runs = [("bare forward to layer 7", "bare", {"tokens": tok, "hooks": [LAYER6]}),
-                ("saecircuits lr 2e-3", "ours", {"tokens": tok, "eval_tokens": ev, "train_tokens": a.train_tokens,
-                                                  "saes": ours_saes(specs), "evaluate": True})]
-        for lr in (1e-3, 2e-3, 4e-3):
-            runs.append((f"SAELens lr {lr:g}", "saelens", {"tokens": tok, "eval_tokens": ev, "train_tokens": a.train_tokens,
-                                                           "saes": [{"hook": LAYER6, "k": 32, "lr": lr}], "evaluate": True}))
-        res = harness.interleaved(mod, runs, a.repeats)
-        data["single"] = res
-        md += _single_md(res, a)
-    if a.only in (None, "sweep"):
-        specs = [{"hook": LAYER6, "k": k, "lr": lr} for k in (16, 32, 64, 128) for lr in (1e-3, 3e-3)]
-        args = {"tokens": tok, "train_tokens": a.sweep_tokens, "saes": specs}
-        res = harness.interleaved(mod, [("saecircuits, 8 SAEs, one run", "ours", {**args, "saes": ours_saes(specs)}),
-                                        ("SAELens, 8 runs", "saelens", args),
-                                        ("SAELens multi-SAE runner", "saelens_multi", args)], max(1, a.repeats - 1))
-        data["sweep"] = res
-        md += _multi_md("8-SAE sweep: k in {16, 32, 64, 128} x lr {1e-3, 3e-3}, blocks.6.hook_resid_post", res, a.sweep_tokens)
-    if a.only in (None, "suite"):
-        specs = [{"hook": h, "k": 32, "lr": 2e-3} for h in SUITE]
-        args = {"tokens": tok, "train_tokens": a.sweep_tokens, "saes": specs}
-        res = harness.interleaved(mod, [("saecircuits, 6 layers, one run", "ours", {**args, "saes": ours_saes(specs)}),
-                                        ("SAELens, 6 runs", "saelens", args),
-                                        ("SAELens multi-SAE runner", "saelens_multi", args)], max(1, a.repeats - 1))
-        data["suite"] = res
-        md += _multi_md("6-layer suite: TopK k=32 at layers 4, 9, 14, 19, 24, 29", res, a.sweep_tokens)
-    name = "train_vs_saelens" if a.only is None else f"train_vs_saelens_{a.only}"
-    harness.write(name, data, "\n".join(md))
+    path = harness.RESULTS / "train_vs_saelens.json"
+    data: dict = json.loads(path.read_text()) if path.exists() else {}
+    single = {"tokens": tok, "eval_tokens": ev, "train_tokens": a.train_tokens}
+    for phase in a.phase or PHASES:
+        if phase == "quality":
+            runs = [("saecircuits lr 2e-3", "ours", {**single, "evaluate": True,
+                                                      "saes": ours_saes([{"hook": LAYER6, "k": 32, "lr": 2e-3}])})]
+            runs += [(f"SAELens lr {lr:g}", "saelens", {**single, "evaluate": True, "saes": [{"hook": LAYER6, "k": 32, "lr": lr}]})
+                     for lr in (1e-3, 2e-3, 4e-3, 8e-3)]
+            res = harness.interleaved(mod, runs, 1)
+        elif phase == "single":
+            res = harness.interleaved(mod, [
+                ("bare forward to layer 7", "bare", {"tokens": tok, "hooks": [LAYER6]}),
+                ("saecircuits lr 2e-3", "ours", {**single, "saes": ours_saes([{"hook": LAYER6, "k": 32, "lr": 2e-3}])}),
+                ("SAELens lr 2e-3", "saelens", {**single, "saes": [{"hook": LAYER6, "k": 32, "lr": 2e-3}]}),
+            ], a.repeats)
+        else:
+            specs = ([{"hook": LAYER6, "k": k, "lr": lr} for k in (16, 32, 64, 128) for lr in (1e-3, 3e-3)] if phase == "sweep"
+                     else [{"hook": h, "k": 32, "lr": 2e-3} for h in SUITE])
+            args = {"tokens": tok, "train_tokens": a.sweep_tokens, "saes": specs}
+            res = harness.interleaved(mod, [(f"saecircuits, {len(specs)} SAEs, one run", "ours", {**args, "saes": ours_saes(specs)}),
+                                            (f"SAELens, {len(specs)} runs", "saelens", args),
+                                            ("SAELens multi-SAE runner", "saelens_multi", args)], a.repeats)
+        data[phase] = {"machine": harness.machine(), "args": vars(a), "results": res}
+        harness.write("train_vs_saelens", data, markdown(data))
 
 
 def _tps(results: list[dict]) -> float:
     return harness.median([{"v": r["tokens"] / r["seconds"]} for r in results], "v")
 
 
-def _single_md(res: dict, a) -> list[str]:
-    bare = res["bare forward to layer 7"]
-    ours = res["saecircuits lr 2e-3"]
-    sl = {k: v for k, v in res.items() if k.startswith("SAELens")}
-    best = max(sl, key=lambda k: harness.median([r["eval"][next(iter(r["eval"]))] for r in sl[k]], "explained_variance"))
-    rows = []
-
-    def ev_row(label, rs):
-        e = [r["eval"][next(iter(r["eval"]))] for r in rs]
-        return [label, f"{_tps(rs):,.0f}", f"{harness.median(rs, 'peak_rss_mb'):,.0f}",
-                f"{harness.median(e, 'explained_variance'):.4f}", f"{harness.median(e, 'l0'):.1f}",
-                f"{harness.median(e, 'dead_latents'):.0f}", f"{harness.median(e, 'ce_loss_recovered'):.4f}"]
-
-    rows.append(["bare forward to layer 7", f"{_tps(bare):,.0f}", f"{harness.median(bare, 'peak_rss_mb'):,.0f}", "", "", "", ""])
-    rows.append(ev_row("saecircuits (lr 2e-3)", ours))
-    for k, rs in sl.items():
-        rows.append(ev_row(k + (" (best)" if k == best else ""), rs))
-    ratio_sl = _tps(ours) / _tps(sl[best])
-    ratio_bare = _tps(ours) / _tps(bare)
-    return [f"## One SAE: TopK k=32, d_sae {D_SAE}, {LAYER6}, {a.train_tokens:,} training tokens", "",
-            harness.md_table(["side", "tokens/s", "peak MB", "held-out expl. var.", "L0", "dead latents", "CE loss recovered"], rows), "",
-            f"- saecircuits / SAELens (its best lr): **{ratio_sl:.2f}x** tokens/s (target >= 1.5)",
-            f"- saecircuits / bare forward pass to layer 7: **{ratio_bare:.2f}** (target >= 0.75)",
-            f"- evaluated by the same code on {a.eval_contexts} held-out contexts x {CONTEXT} tokens", ""]
+def markdown(data: dict) -> str:
+    md = ["# SAE training: saecircuits vs SAELens", "",
+          "SmolLM2-135M, stdlib contexts of 128 tokens (the same tokens for both tools), 8 contexts a forward pass, "
+          "4,096-token batches, special tokens excluded, activations normalised to norm sqrt(d) on both sides. "
+          "Each side runs in its own process; sides are interleaved and repeated, medians reported. "
+          "tokens/s counts training tokens (rows) per SAE; run: `python benchmarks/train_vs_saelens.py`.", ""]
+    if "quality" in data:
+        md += _quality_md(data["quality"])
+    if "single" in data:
+        md += _single_md(data["single"])
+    for phase, title in (("sweep", "8-SAE sweep: k in {16, 32, 64, 128} x lr {1e-3, 3e-3}, blocks.6.hook_resid_post"),
+                         ("suite", "6-layer suite: TopK k=32 at layers 4, 9, 14, 19, 24, 29")):
+        if phase in data:
+            md += _multi_md(title, data[phase])
+    return "\n".join(md)
 
 
-def _multi_md(title: str, res: dict, tokens: int) -> list[str]:
-    labels = list(res)
-    ours, sl, slm = (res[k] for k in labels)
+def _quality_md(part: dict) -> list[str]:
+    res, a = part["results"], part["args"]
+
+    def ev(label):
+        return res[label][0]["eval"][next(iter(res[label][0]["eval"]))]
+
+    sl = [k for k in res if k.startswith("SAELens")]
+    best = max(sl, key=lambda k: ev(k)["explained_variance"])
+    rows = [[label + (" (best SAELens)" if label == best else ""), f"{ev(label)['explained_variance']:.4f}", f"{ev(label)['l0']:.1f}",
+             str(ev(label)["dead_latents"]), f"{ev(label)['ce_loss_recovered']:.4f}", f"{ev(label)['kl_to_clean']:.4f}"]
+            for label in res]
+    e_ours, e_best = ev("saecircuits lr 2e-3"), ev(best)
+    return [f"## Quality: TopK k=32, d_sae {D_SAE}, {LAYER6}, {a['train_tokens']:,} training tokens ({part['machine']['date']})", "",
+            harness.md_table(["side", "held-out expl. var.", "L0", "dead latents", "CE loss recovered", "KL to clean"], rows), "",
+            f"- saecircuits (one learning rate) vs SAELens's best of {len(sl)} learning rates ({best}): explained variance "
+            f"**{e_ours['explained_variance']:.4f} vs {e_best['explained_variance']:.4f}** at L0 {e_ours['l0']:.1f} vs {e_best['l0']:.1f}; "
+            f"dead latents **{e_ours['dead_latents']} vs {e_best['dead_latents']}** (target: EV >= SAELens's best, fewer dead)",
+            f"- every SAE evaluated by the same code (saecircuits.evaluation, SAELens-format files) on {a['eval_contexts']} "
+            "held-out contexts x 128 tokens", ""]
+
+
+def _single_md(part: dict) -> list[str]:
+    res, a = part["results"], part["args"]
+    bare, ours, sl = res["bare forward to layer 7"], res["saecircuits lr 2e-3"], res["SAELens lr 2e-3"]
+    rows = [[k, f"{_tps(v):,.0f}", f"{harness.median(v, 'seconds'):.0f}", f"{harness.median(v, 'peak_rss_mb'):,.0f}"] for k, v in res.items()]
+    return [f"## Speed: one SAE, {a['train_tokens']:,} training tokens, {len(ours)} interleaved rounds ({part['machine']['date']})", "",
+            harness.md_table(["side", "tokens/s (median)", "seconds", "peak MB"], rows), "",
+            f"- saecircuits / SAELens tokens/s: **{_tps(ours) / _tps(sl):.2f}x** (target >= 1.5)",
+            f"- saecircuits / bare forward pass to layer 7: **{_tps(ours) / _tps(bare):.2f}** (target >= 0.75)", ""]
+
+
+def _multi_md(title: str, part: dict) -> list[str]:
+    res, a = part["results"], part["args"]
+    ours, sl, slm = (res[k] for k in res)
     rows = [[k, f"{harness.median(v, 'seconds'):.0f}", f"{_tps(v):,.0f}", f"{harness.median(v, 'peak_rss_mb'):,.0f}"] for k, v in res.items()]
-    return [f"## {title}, {tokens:,} tokens per SAE", "",
+    return [f"## {title}, {a['sweep_tokens']:,} tokens per SAE, {len(ours)} interleaved rounds ({part['machine']['date']})", "",
             harness.md_table(["side", "seconds", "SAE-tokens/s (all SAEs)", "peak MB"], rows), "",
             f"- SAELens separate runs / saecircuits (time): **{harness.median(sl, 'seconds') / harness.median(ours, 'seconds'):.2f}x** (target >= 4)",
             f"- SAELens multi-SAE runner / saecircuits (time): {harness.median(slm, 'seconds') / harness.median(ours, 'seconds'):.2f}x", ""]

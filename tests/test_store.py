@@ -206,3 +206,29 @@ def test_default_model_gqa_heads_and_attention_sink(smollm2):
     norms = got["blocks.6.hook_resid_post"].norm(dim=1).reshape(2, 64)
     assert (norms[:, 0] > 4 * norms[:, 1:].median()).all()  # position 0 is an attention sink ...
     assert not acts.keep_mask(tokens).reshape(2, 64)[:, 0].any()  # ... and is excluded
+
+
+@pytest.mark.real_model
+def test_second_model_family_streams_exactly(tmp_path):
+    """Gemma-3-270M (post-norms, one key/value head, its own tokenizer): the store takes TransformerLens's
+    forward, rows equal run_with_cache, BOS excluded, and batches come out."""
+    from saecircuits.models import load
+
+    gemma = load("gemma-3-270m")
+    assert gemma.cfg.n_key_value_heads == 1 and gemma.cfg.n_heads == 4
+    text = TextSource.for_model(TextConfig(source="bible", context_size=32, eval_fraction=0), gemma)
+    sites = expand_sites(gemma, ["blocks.5.hook_resid_post", "blocks.5.attn.hook_z:*", "blocks.5.attn.hook_v:*"])
+    assert len(sites) == 1 + 4 + 1
+    acts = ModelActivations(gemma, sites)
+    assert acts.lean is None and acts.stop == 6
+    tokens = text.take(2)
+    assert (tokens[:, 0] == gemma.tokenizer.bos_token_id).all()
+    got = acts.activations(tokens)
+    _, cache = gemma.run_with_cache(tokens, names_filter=lambda n: n.startswith("blocks.5."))
+    assert torch.equal(got["blocks.5.attn.hook_z:3"], cache["blocks.5.attn.hook_z"][:, :, 3].reshape(64, -1))
+    assert torch.equal(got["blocks.5.hook_resid_post"], cache["blocks.5.hook_resid_post"].reshape(64, -1))
+    assert not acts.keep_mask(tokens).reshape(2, 32)[:, 0].any()
+    store = ActivationStore.from_model(gemma, ["blocks.5.hook_resid_post"], text,
+                                       StoreConfig(batch_size_tokens=64, buffer_tokens=256, model_batch_size=4))
+    batch = next(store.batches())
+    assert batch["blocks.5.hook_resid_post"].shape == (64, 640) and torch.isfinite(batch["blocks.5.hook_resid_post"]).all()
