@@ -1,0 +1,403 @@
+"""Feature dashboards end to end: one pass over text, then the HTML site, the JSON exports and W&B.
+
+    text contexts -> model forward (stopped after the SAE's layer) -> SAE encode -> FeatureStats
+    (checkpointed every N batches) -> weight-based stats -> feature views -> HTML / JSON / W&B
+
+Output folder:
+    index.html                 searchable, sortable table of every feature
+    features/<id>.html         one page per feature (dead ones say so, with their weight-based views)
+    stats.json                 run summary and per-feature numbers (for other stages)
+    stats.safetensors          per-feature arrays: density, max_act, top examples, logits, neighbours
+    neuronpedia/batch-<n>.json live features in the layout of Neuronpedia's bulk import
+    checkpoint/                running statistics (resume point; the finished pass is reused on a rerun)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from saecircuits.config import Config
+from saecircuits.dashboards import html as H
+from saecircuits.dashboards import neuronpedia
+from saecircuits.dashboards.stats import STATE_FORMAT, WINDOW_PAD, FeatureStats
+from saecircuits.dashboards.weights import logit_effects, nearest_features, residual_directions
+from saecircuits.errors import SaecircuitsError
+from saecircuits.files import ensure_dir, load_tensors, read_json, replace_dir, save_tensors, write_json, write_text
+from saecircuits.text import TextConfig, TextSource
+from saecircuits.tracking import Run, WandbConfig
+
+
+class DashboardConfig(Config):
+    """What to run the SAE over and what to keep per feature."""
+
+    sae: str = Field(..., description="SAE folder (SAELens format)")
+    model: str = "smollm2-135m"
+    text: TextConfig = TextConfig()
+    split: Literal["train", "eval"] = "train"
+    out: str
+    tokens: int = Field(100_000, ge=1, description="context tokens to run (rounded up to whole contexts)")
+    batch_contexts: int = Field(16, ge=1, description="contexts per forward pass")
+    top_k: int = Field(20, ge=1, description="top-activating contexts kept per feature")
+    n_samples: int = Field(32, ge=1, description="contexts sampled per feature for the quantile bands")
+    sample_bands: int = Field(4, ge=1)
+    per_band: int = Field(5, ge=1, description="examples shown per quantile band")
+    window_before: int = Field(12, ge=0)
+    window_after: int = Field(4, ge=0)
+    n_logits: int = Field(10, ge=1)
+    n_neighbours: int = Field(10, ge=1)
+    bins_per_decade: int = Field(16, ge=1, description="activation histogram resolution (log-spaced bins, 1e-4 to 1e4)")
+    checkpoint_every: int = Field(20, ge=1, description="batches between checkpoints of the running statistics")
+    neuronpedia_batch: int = Field(128, ge=1, description="features per Neuronpedia JSON file")
+    wandb: WandbConfig = WandbConfig()
+    wandb_features_per_page: int = Field(64, ge=1)
+    forward: Literal["auto", "transformer_lens"] = "auto"
+    seed: int = 0
+
+    def stats_fields(self) -> dict:
+        """The fields that decide the statistics (a checkpoint made with others is not reused)."""
+        return self.model_dump(mode="json", include={
+            "model", "text", "split", "tokens", "batch_contexts", "top_k", "n_samples", "window_before",
+            "window_after", "bins_per_decade", "forward", "seed"})
+
+
+def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_source: str = "stdlib",
+                     out_dir: str | Path = "runs/dashboards", n_tokens: int = 100_000, *, wandb: str = "auto",
+                     restart: bool = False, progress: bool = True, loaded_model=None, **settings) -> dict:
+    """Dashboards for every feature of the SAE in ``sae_dir``; returns the run summary.
+
+    ``settings`` are further ``DashboardConfig`` fields (e.g. ``top_k=10``, ``text={...}``);
+    ``loaded_model`` skips loading ``model`` by name. A rerun resumes from the checkpoint in
+    ``out_dir`` (``restart=True`` discards it).
+    """
+    from saecircuits.config import validate
+
+    text = settings.pop("text", {})
+    text = {"source": text_source, **(text.model_dump() if isinstance(text, TextConfig) else text)}
+    data = {"sae": str(sae_dir), "model": model, "text": text, "out": str(out_dir), "tokens": n_tokens,
+            "wandb": {"mode": wandb}, **settings}
+    return run(validate(DashboardConfig, data, where="dashboards"), restart=restart, progress=progress, model=loaded_model)
+
+
+def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, model=None) -> dict:
+    from saecircuits import models
+    from saecircuits.sae import format as sae_format
+
+    started = time.perf_counter()
+    sae = sae_format.load(cfg.sae)
+    out = ensure_dir(cfg.out)
+    model = model if model is not None else models.load(cfg.model)
+    pass_result = stats_pass(cfg, sae, model, out, restart=restart, progress=progress)
+    stats = pass_result["stats"]
+    t_weights = time.perf_counter()
+    weights = weight_stats(cfg, sae, model)
+    t_render = time.perf_counter()
+    meta = {"sae_name": Path(cfg.sae).resolve().name, "sae": str(cfg.sae), "model": cfg.model, "hook": sae.cfg.hook,
+            "architecture": sae.cfg.architecture, "d_sae": sae.d_sae, "text": cfg.text.source,
+            "context_size": cfg.text.context_size, "tokens": int(stats.t["n_tokens"]),
+            "contexts": int(stats.t["n_contexts"])}
+    summ = stats.summary()
+    strings = token_strings(model.tokenizer, summ, weights)
+    vis = {i: H.visible(s) for i, s in strings.items()}
+    views = feature_views(summ, weights, stats, cfg)
+    write_site(out, views, vis, meta)
+    write_stats(out, views, strings, summ, weights, meta)
+    np_files = neuronpedia.export(out / "neuronpedia", views, strings, meta, cfg.neuronpedia_batch)
+    t_wandb = time.perf_counter()
+    wb = log_wandb(cfg, out, views, strings, vis, meta)
+    done = time.perf_counter()
+    n_dead = sum(v["dead"] for v in views)
+    summary = {
+        **meta, "out": str(out), "index": str(out / "index.html"), "n_features": len(views),
+        "n_live": len(views) - n_dead, "n_dead": n_dead, "neuronpedia_files": len(np_files),
+        "resumed_from_batch": pass_result["resumed_from_batch"], "source_exhausted": pass_result["exhausted"],
+        "seconds": {"stats_pass": pass_result["seconds"], "weights": t_render - t_weights,
+                    "render": t_wandb - t_render, "wandb": done - t_wandb, "total": done - started},
+        "wandb_mode": wb["mode"], "wandb_sync": wb["sync"],
+    }
+    summary["tokens_per_second"] = meta["tokens"] / max(pass_result["seconds"], 1e-9) if pass_result["seconds"] else None
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------- the pass over text
+
+
+def _fingerprint(cfg: DashboardConfig, sae_dir: str, model) -> str:
+    from saecircuits.models import fingerprint
+
+    h = hashlib.sha256()
+    h.update(f"{STATE_FORMAT}{sorted(cfg.stats_fields().items())}".encode())
+    h.update(fingerprint(model).encode())
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        with open(Path(sae_dir) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:24]
+
+
+def _new_stats(cfg: DashboardConfig, d_sae: int) -> FeatureStats:
+    return FeatureStats(d_sae, cfg.top_k, cfg.n_samples, cfg.window_before, cfg.window_after,
+                        bins_per_decade=cfg.bins_per_decade, seed=cfg.seed)
+
+
+def _save_checkpoint(folder: Path, stats: FeatureStats, state: dict) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=folder.parent))
+    try:
+        save_tensors(tmp / "stats.safetensors", stats.state_dict())
+        write_json(tmp / "state.json", state)
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = False, progress: bool = True) -> dict:
+    """Run the model and the SAE over the text once, in batches; checkpointed and resumable."""
+    from saecircuits.store import ModelActivations, Site, site_widths
+
+    site = Site.parse(sae.cfg.hook)
+    try:
+        width = site_widths(model, [site])[site.key]
+    except SaecircuitsError as e:
+        raise SaecircuitsError(f"the SAE in {cfg.sae} reads {sae.cfg.hook}: {e.message}", e.hint) from None
+    if width != sae.d_in:
+        raise SaecircuitsError(f"the SAE in {cfg.sae} takes inputs of width {sae.d_in}, but {sae.cfg.hook} of "
+                               f"{model.cfg.model_name} has width {width}", "use the model the SAE was trained on")
+    acts = ModelActivations(model, [site], forward=cfg.forward)
+    stats = _new_stats(cfg, sae.d_sae)
+    fp = _fingerprint(cfg, cfg.sae, model)
+    folder = out / "checkpoint"
+    start_batch, exhausted, seconds = 0, False, 0.0
+    if restart and folder.exists():
+        shutil.rmtree(folder)
+    if (folder / "state.json").exists():
+        state = read_json(folder / "state.json", what="dashboard checkpoint")
+        if state.get("fingerprint") != fp:
+            raise SaecircuitsError(f"{folder} holds statistics of another run (different SAE, model, text or settings)",
+                                   "pass --restart to discard them, or choose another --out")
+        stats.load_state_dict(load_tensors(folder / "stats.safetensors", what="dashboard checkpoint"))
+        start_batch, exhausted, seconds = state["batches"], state["exhausted"], state["seconds"]
+        if state["done"]:
+            return {"stats": stats, "resumed_from_batch": start_batch, "exhausted": exhausted, "seconds": seconds}
+
+    B, T = cfg.batch_contexts, cfg.text.context_size
+    n_batches = math.ceil(math.ceil(cfg.tokens / T) / B)
+    contexts = TextSource.for_model(cfg.text, model).contexts(cfg.split)
+    for _ in range(start_batch * B):  # resuming: tokenize past finished batches, no forward pass
+        if next(contexts, None) is None:
+            break
+    bar = _Bar(progress, n_batches * B * T, start_batch * B * T)
+    batch_index = start_batch
+    t0 = time.perf_counter()
+
+    def state(done: bool) -> dict:
+        return {"fingerprint": fp, "batches": batch_index, "done": done, "exhausted": exhausted,
+                "tokens": int(stats.t["n_tokens"]), "seconds": seconds + time.perf_counter() - t0}
+
+    try:
+        with torch.inference_mode():
+            while batch_index < n_batches and not exhausted:
+                batch = [c for _, c in zip(range(B), contexts, strict=False)]
+                exhausted = len(batch) < B
+                if not batch:
+                    break
+                tokens = torch.as_tensor(np.stack(batch))
+                x = acts.activations(tokens)[site.key]
+                keep = acts.keep_mask(tokens)
+                f = sae.encode(x.to(sae.W_enc.dtype))
+                f.mul_(keep[:, None])
+                stats.update(f.view(len(batch), T, -1), tokens, int(keep.sum()), batch_index * B, batch_index)
+                batch_index += 1
+                bar.update(batch_index * B * T, f"{stats.t['n_tokens'].item() / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
+                if batch_index % cfg.checkpoint_every == 0 and batch_index < n_batches:
+                    _save_checkpoint(folder, stats, state(False))
+    finally:
+        bar.close()
+    if int(stats.t["n_contexts"]) == 0:
+        raise SaecircuitsError(f"text source '{cfg.text.source}' gave no contexts", "check the text source")
+    final = state(True)
+    _save_checkpoint(folder, stats, final)
+    return {"stats": stats, "resumed_from_batch": start_batch, "exhausted": exhausted, "seconds": final["seconds"]}
+
+
+class _Bar:
+    """A rich progress bar over tokens (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.p = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn("dashboards"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
+                              TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.p.add_task("dashboards", total=total, completed=done, info="")
+            self.p.start()
+
+    def update(self, done: int, info: str) -> None:
+        if self.p is not None:
+            self.p.update(self.task, completed=done, info=info)
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+
+# ---------------------------------------------------------------- weights and views
+
+
+def weight_stats(cfg: DashboardConfig, sae, model) -> dict[str, torch.Tensor]:
+    """Logit effects (when the SAE's output site reaches the residual stream linearly) and neighbours."""
+    with torch.inference_mode():
+        W_dec = sae.W_dec.detach()
+        out: dict[str, torch.Tensor] = {}
+        dirs = residual_directions(W_dec, sae.cfg.hook_out or sae.cfg.hook, model)
+        if dirs is not None:
+            out.update(logit_effects(dirs, model.W_U.detach(), cfg.n_logits))
+        out["nb_ids"], out["nb_cos"] = nearest_features(W_dec, cfg.n_neighbours)
+        return out
+
+
+def token_strings(tokenizer, summ: dict, weights: dict) -> dict[int, str]:
+    """Each token id that will be shown, decoded alone."""
+    parts = [summ["top_win_tok"].flatten(), summ["smp_win_tok"].flatten()]
+    parts += [weights[k].flatten() for k in ("pos_ids", "neg_ids") if k in weights]
+    ids = torch.unique(torch.cat([p.long() for p in parts])).tolist()
+    ids = [i for i in ids if i != WINDOW_PAD]
+    texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False) if ids else []
+    return dict(zip(ids, texts, strict=True))
+
+
+def feature_views(summ: dict, weights: dict, stats: FeatureStats, cfg: DashboardConfig) -> list[dict]:
+    """Everything the pages show about each feature, as plain Python values (tokens as ids)."""
+    # window activations to 3 decimals: what pages and exports show (the exact values stay in stats.safetensors)
+    lists = {k: (v.round(decimals=3) if k.endswith("win_act") else v).tolist() for k, v in summ.items()}
+    w = {k: v.tolist() for k, v in weights.items()}
+    edges = stats.hist_edges().tolist()
+    return [feature_view(i, lists, w, edges, int(stats.t["n_tokens"]), cfg) for i in range(len(lists["dead"]))]
+
+
+def feature_view(i: int, s: dict, w: dict, edges: list[float], n_tokens: int, cfg: DashboardConfig) -> dict:
+    """One feature's view from per-feature lists ``s`` (``FeatureStats.summary``) and ``w`` (``weight_stats``).
+
+    Examples are tuples (max activation, token ids, activations, centre index, label); ids of -1 pad
+    windows that run past the context.
+    """
+    dead = s["dead"][i]
+    fv: dict = {"id": i, "dead": dead, "density": s["density"][i], "fired": s["fired"][i], "n_tokens": n_tokens,
+                "max_act": s["max_act"][i], "mean_act": s["mean_act"][i], "top": [], "bands": [], "top_tokens": [],
+                "pos_logits": [], "neg_logits": [], "logit_hist": None}
+    if "pos_ids" in w:
+        fv["pos_logits"] = list(zip(w["pos_ids"][i], w["pos_vals"][i], strict=True))
+        fv["neg_logits"] = list(zip(w["neg_ids"][i], w["neg_vals"][i], strict=True))
+        fv["logit_hist"] = (w["logit_hist"][i], w["logit_min"][i], w["logit_max"][i])
+    fv["neighbours"] = [(j, c, s["dead"][j]) for j, c in zip(w["nb_ids"][i], w["nb_cos"][i], strict=True)]
+    fv["hist_counts"], fv["hist_edges"] = _display_histogram(s["hist"][i], edges, fv["max_act"])
+    if dead:
+        return fv
+
+    def examples(kind: str) -> list[tuple]:
+        ctx, pos, val = s[f"{kind}_ctx"][i], s[f"{kind}_pos"][i], s[f"{kind}_val"][i]
+        wtok, wact = s[f"{kind}_win_tok"][i], s[f"{kind}_win_act"][i]
+        return [(val[r], wtok[r], wact[r], cfg.window_before, f"context {ctx[r]}, position {pos[r]}")
+                for r in range(len(ctx)) if ctx[r] >= 0]
+
+    fv["top"] = examples("top")
+    fv["top_tokens"] = [t for t, _ in Counter(ex[1][cfg.window_before] for ex in fv["top"][:10]).most_common(4)]
+    samples = examples("smp")  # sorted by activation, largest first
+    n_bands = min(cfg.sample_bands, len(samples))
+    for b in range(n_bands):
+        lo, hi = round(b * len(samples) / n_bands), round((b + 1) * len(samples) / n_bands)
+        band = samples[lo:hi]
+        pick = sorted({round(j * (len(band) - 1) / max(cfg.per_band - 1, 1)) for j in range(min(cfg.per_band, len(band)))})
+        q_lo, q_hi = 1 - hi / len(samples), 1 - lo / len(samples)
+        fv["bands"].append({"label": f"Quantiles {q_lo:.0%} to {q_hi:.0%} of firing contexts (max activation "
+                                     f"{H.fmt(band[-1][0])} to {H.fmt(band[0][0])}; a random sample of {len(samples)})",
+                            "q": (q_lo, q_hi), "min": band[-1][0], "max": band[0][0],
+                            "examples": [band[j] for j in pick]})
+    return fv
+
+
+def _display_histogram(counts: list[int], inner: list[float], max_act: float, max_bars: int = 40):
+    """Fine log bins (inner edges ``inner``) cut to the range with counts, merged to at most ``max_bars``;
+    returns (counts, edges)."""
+    nz = [j for j, c in enumerate(counts) if c]
+    if not nz:
+        return [], []
+    ext = [0.0, *inner, max(max_act, inner[-1])]  # bin j spans ext[j] to ext[j + 1]
+    a, b = nz[0], nz[-1]
+    g = math.ceil((b - a + 1) / max_bars)
+    bars, edges = [], [ext[a]]
+    for j in range(a, b + 1, g):
+        k = min(j + g, b + 1)
+        bars.append(sum(counts[j:k]))
+        edges.append(ext[k])
+    return bars, edges
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_site(out: Path, views: list[dict], vis: dict[int, str], meta: dict) -> None:
+    """index.html and features/<id>.html; the features folder is written aside and swapped in whole."""
+    tmp = Path(tempfile.mkdtemp(prefix=".features.", dir=out))
+    try:
+        for fv in views:
+            (tmp / f"{fv['id']}.html").write_text(H.feature_page(fv, vis, meta, len(views)), encoding="utf-8")
+        replace_dir(tmp, out / "features")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    rows = [{"id": v["id"], "dead": v["dead"], "density": v["density"], "max_act": v["max_act"], "mean_act": v["mean_act"],
+             "top_tokens": v["top_tokens"], "pos_logits": [t for t, _ in v["pos_logits"][:5]]} for v in views]
+    write_text(out / "index.html", H.index_page(rows, vis, meta))
+
+
+def write_stats(out: Path, views: list[dict], strings: dict[int, str], summ: dict, weights: dict, meta: dict) -> None:
+    """stats.json (summary and per-feature numbers) and stats.safetensors (per-feature arrays)."""
+    feats = [{"id": v["id"], "dead": v["dead"], "density": v["density"], "fired": v["fired"], "max_act": v["max_act"],
+              "mean_act": v["mean_act"], "top_tokens": [strings[t] for t in v["top_tokens"]],
+              "page": f"features/{v['id']}.html",
+              "pos_logits": [[strings[t], round(x, 4)] for t, x in v["pos_logits"]],
+              "neg_logits": [[strings[t], round(x, 4)] for t, x in v["neg_logits"]],
+              "neighbours": [[j, round(c, 4)] for j, c, _ in v["neighbours"]]} for v in views]
+    write_json(out / "stats.json", {"meta": meta, "features": feats}, indent=None)
+    arrays = {k: summ[k] for k in ("density", "fired", "max_act", "mean_act", "dead", "hist", "top_val", "top_ctx",
+                                   "top_pos", "top_win_tok", "top_win_act")}
+    arrays["dead"] = arrays["dead"].to(torch.uint8)
+    arrays.update({k: weights[k] for k in ("pos_ids", "pos_vals", "neg_ids", "neg_vals", "nb_ids", "nb_cos") if k in weights})
+    save_tensors(out / "stats.safetensors", arrays, metadata={k: str(v) for k, v in meta.items()})
+
+
+def log_wandb(cfg: DashboardConfig, out: Path, views: list[dict], strings: dict[int, str], vis: dict[int, str],
+              meta: dict) -> dict:
+    """The feature table and the dashboards (as pages of features) on a W&B run."""
+    run = Run(cfg.wandb, out, {**cfg.model_dump(mode="json"), **meta}, job="dashboards")
+    if run.run is None:
+        return {"mode": run.mode, "sync": None}
+    cols = ["feature", "dead", "density", "max_act", "mean_act", "top_tokens", "logits_raised", "logits_lowered"]
+    def words(ids) -> str:
+        return " ".join(repr(strings[t]) for t in ids)
+
+    rows = [[v["id"], v["dead"], v["density"], v["max_act"], v["mean_act"], words(v["top_tokens"]),
+             words(t for t, _ in v["pos_logits"][:5]), words(t for t, _ in v["neg_logits"][:5])] for v in views]
+    run.table("dashboards/features", cols, rows)
+    run.histogram("dashboards/log10_density", [math.log10(v["density"]) for v in views if not v["dead"]] or [0.0])
+    n = cfg.wandb_features_per_page
+    for start in range(0, len(views), n):
+        group = views[start : start + n]
+        run.html(f"dashboards/features_{start:05d}_{group[-1]['id']:05d}", H.group_page(group, vis, meta))
+    n_dead = sum(v["dead"] for v in views)
+    run.summary({"n_features": len(views), "n_dead": n_dead, "n_live": len(views) - n_dead, "tokens": meta["tokens"]})
+    return {"mode": run.mode, "sync": run.finish()}
