@@ -289,22 +289,30 @@ def layers_lens(
     prompt: list[str] = typer.Option(None, "--prompt", help="A prompt (repeatable; pair each with an --answer)."),
     answer: list[str] = typer.Option(None, "--answer", help="The answer token's text, e.g. ' Mary' (repeatable)."),
     prompts: Path = typer.Option(None, "--prompts", help="CSV with columns prompt,answer."),
+    task: str = typer.Option(None, "--task", help="A circuit task's clean prompts and answers, e.g. ioi."),
+    n: int = typer.Option(32, "--n", min=1, help="With --task: number of prompts."),
     tuned: Path = typer.Option(None, "--tuned", help="A tuned lens folder (from `saecircuits layers tuned-lens`)."),
 ) -> None:
     """Logit lens (or tuned lens): rank and probability of the answer at every layer and position."""
+    ps, ans = list(prompt or []), list(answer or [])
+    if len(ps) != len(ans) or not (ps or prompts or task):
+        raise SaecircuitsError(f"{len(ps)} prompt(s) and {len(ans)} answer(s)",
+                               "give each --prompt an --answer, or --prompts CSV, or --task")
+    if task and (ps or prompts):
+        raise SaecircuitsError("--task takes its prompts from the task; leave out --prompt and --prompts")
     from saecircuits import models as m
     from saecircuits.layers import lens as lenslib
     from saecircuits.layers import tuned as tunedlib
 
-    ps, ans = list(prompt or []), list(answer or [])
     if prompts:
         more_p, more_a = lenslib.read_prompts(str(prompts))
         ps, ans = ps + more_p, ans + more_a
-    if len(ps) != len(ans) or not ps:
-        raise SaecircuitsError(f"{len(ps)} prompt(s) and {len(ans)} answer(s)", "give each --prompt an --answer, or --prompts CSV")
     lm = m.load(model)
     lens = tunedlib.load(tuned, lm) if tuned else None
-    r = lenslib.logit_lens(lm, ps, ans, lens)
+    if task:
+        r = lenslib.logit_lens(lm, lens=lens, **lenslib.task_prompts(lm, task, n))
+    else:
+        r = lenslib.logit_lens(lm, ps, ans, lens)
     name = r["analysis"]
     console.print(f"{name} on {r['n_prompts']} prompt(s): final top-1 accuracy {r['final_accuracy']:.2f}; answer first top-1 "
                   f"at layer {r['first_top1']['median_label']} (median, {r['first_top1']['n']}/{r['n_prompts']} prompts), "
@@ -397,9 +405,10 @@ def layers_skip(
 def layers_probe(
     out: Path = _OUT_OPT,
     model: str = _MODEL_OPT,
-    data: str = typer.Option("code-vs-prose", "--data", help="code-vs-prose | old-vs-new-testament | a CSV of text,label"),
+    data: str = typer.Option("code-vs-prose", "--data",
+                             help="code-vs-prose | old-vs-new-testament | task:NAME[:clean-vs-corrupted|order] | a CSV of text,label"),
     pool: str = typer.Option("last", "--pool", help="last | mean (over the text's tokens)"),
-    n_per_class: int = typer.Option(100, "--n-per-class", min=2, help="Built-in sets: texts per class."),
+    n_per_class: int = typer.Option(100, "--n-per-class", min=2, help="Built-in sets: texts per class (tasks: prompts)."),
     n_tokens: int = typer.Option(32, "--n-tokens", min=1, help="Built-in sets: tokens per text."),
     sae: list[Path] = typer.Option(None, "--sae", help="An SAE folder whose features are probed too (repeatable)."),
     test_fraction: float = typer.Option(0.3, "--test-fraction"),
