@@ -47,8 +47,9 @@ def side_main(sides: dict[str, Callable[[dict], dict]]) -> bool:
     return True
 
 
-def run_side(module: str, side: str, args: dict, timeout: float = 7200) -> dict:
-    cmd = [sys.executable, module, "--side", side, "--args", json.dumps(args)]
+def run_side(module: str, side: str, args: dict, timeout: float = 7200, python: str | None = None) -> dict:
+    """Run one side in a fresh process; ``python``: another interpreter (a peer tool in its own venv)."""
+    cmd = [python or sys.executable, module, "--side", side, "--args", json.dumps(args)]
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -58,14 +59,14 @@ def run_side(module: str, side: str, args: dict, timeout: float = 7200) -> dict:
     return res
 
 
-def interleaved(module: str, runs: list[tuple[str, str, dict]], repeats: int) -> dict[str, list[dict]]:
-    """Run every (label, side, args) once per round, rounds repeated; returns label -> results."""
-    out: dict[str, list[dict]] = {label: [] for label, _, _ in runs}
+def interleaved(module: str, runs: list[tuple], repeats: int) -> dict[str, list[dict]]:
+    """Run every (label, side, args[, python]) once per round, rounds repeated; returns label -> results."""
+    out: dict[str, list[dict]] = {label: [] for label, *_ in runs}
     for r in range(repeats):
         print(f"round {r + 1}/{repeats}", flush=True)
         order = runs if r % 2 == 0 else list(reversed(runs))  # alternate who goes first
-        for label, side, args in order:
-            out[label].append(run_side(module, side, args))
+        for label, side, args, *python in order:
+            out[label].append(run_side(module, side, args, python=python[0] if python else None))
     return out
 
 
