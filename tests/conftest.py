@@ -69,3 +69,104 @@ def smollm2():
     from saecircuits.models import load
 
     return load("smollm2-135m")
+
+
+INDUCTION_VOCAB, INDUCTION_LEN = 64, 32
+
+
+def induction_batch(n: int, generator: torch.Generator, vocab: int = INDUCTION_VOCAB, length: int = INDUCTION_LEN):
+    """Random tokens whose last ``2*half`` positions are one segment repeated, ``half`` varying per row.
+
+    Returns ``(tokens [n, length], half [n])``. The varying ``half`` (6..length/2) keeps a model from
+    predicting the repeat by position alone, so only induction (find the earlier copy, copy the next token) works.
+    """
+    tokens = torch.randint(0, vocab, (n, length), generator=generator)
+    half = torch.randint(6, length // 2 + 1, (n,), generator=generator)
+    pos = torch.arange(length)
+    second = pos >= length - half[:, None]  # [n, length]: positions of the second copy
+    tokens = torch.where(second, tokens.gather(1, (pos - half[:, None]).clamp(min=0)), tokens)
+    return tokens, half
+
+
+def induction_positions(half: torch.Tensor, length: int = INDUCTION_LEN) -> torch.Tensor:
+    """[n, length] mask of the positions whose token induction predicts (the second copy after its first token)."""
+    return torch.arange(length) >= length - half[:, None] + 1
+
+
+def train_induction_model(seed: int = 0, steps: int = 600):
+    """A 2-layer attention-only model trained (AdamW) on repeated random tokens until it does induction.
+
+    Weight decay prunes the redundant copies, leaving one clear previous-token head in layer 0 (the
+    layer-1 heads all become induction heads). Returns ``(model, facts)``; the heads in ``facts`` are
+    measured from attention patterns on a held-out batch, not assumed.
+    """
+    import math
+
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=None, attn_only=True, n_ctx=64,
+        d_vocab=INDUCTION_VOCAB, act_fn="gelu", normalization_type=None, positional_embedding_type="standard",
+        seed=seed, model_name="tiny-induction",
+    )
+    model = HookedTransformer(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.3)
+
+    def induction_loss(logits, tokens, half):
+        """Mean next-token loss (nats) over the positions induction can predict."""
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+        mask = induction_positions(half)[:, 1:]
+        return -(logp * mask).sum() / mask.sum()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains faster on one thread (and far faster on a busy machine)
+    try:
+        for _ in range(steps):
+            tokens, half = induction_batch(32, gen)
+            loss = induction_loss(model(tokens), tokens, half)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.requires_grad_(False)
+
+    tokens, half = induction_batch(128, torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+    pos = torch.arange(INDUCTION_LEN)
+    # previous-token attention where it matters: at the first copy, whose positions are the keys induction reads
+    first = (pos >= INDUCTION_LEN - 2 * half[:, None] + 1) & (pos <= INDUCTION_LEN - half[:, None])
+    rows, k = first.nonzero(as_tuple=True)
+    prev = cache["pattern", 0][rows, :, k, k - 1].mean(0)  # [head]
+    # induction attention: from the second copy to the token after the earlier occurrence
+    rows, q = induction_positions(half).nonzero(as_tuple=True)
+    induct = cache["pattern", 1][rows, :, q, q - half[rows] + 1].mean(0)  # [head]
+    facts = {
+        "steps": steps, "loss_repeated": induction_loss(logits, tokens, half).item(),
+        "log_vocab": math.log(INDUCTION_VOCAB),
+        "prev_token_head": (0, int(prev.argmax())), "induction_head": (1, int(induct.argmax())),
+        "prev_token_scores": prev.tolist(), "induction_scores": induct.tolist(),
+        "tokens": tokens, "half": half,
+    }
+    return model, facts
+
+
+@pytest.fixture(scope="session")
+def induction_model():
+    """``(model, facts)``: a tiny attention-only 2-layer model (d_model 64, 4 heads, vocab 64, no norms)
+    trained here, seeded, to do induction (about 600 AdamW steps, under a minute on 2 cores).
+
+    facts: ``prev_token_head`` (0, h) and ``induction_head`` (1, h), each the argmax of the mean attention
+    measured on a held-out batch (to the previous position at the first copy; from the second copy to the
+    token after the earlier occurrence), with all heads' scores in ``prev_token_scores`` /
+    ``induction_scores`` (the layer-1 heads are often all induction heads); ``tokens`` [128, 32] and
+    ``half`` [128]: that batch (random tokens whose last 2*half are a segment repeated; see
+    ``induction_batch``/``induction_positions``); ``loss_repeated``: held-out loss on the predictable
+    positions (nats), against ``log_vocab``.
+    """
+    model, facts = train_induction_model()
+    assert facts["loss_repeated"] < 0.25 * facts["log_vocab"], f"the induction model did not learn: {facts}"
+    assert max(facts["prev_token_scores"]) > 0.5, f"no previous-token head formed: {facts}"
+    return model, facts
