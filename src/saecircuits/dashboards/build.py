@@ -56,7 +56,7 @@ class DashboardConfig(Config):
     window_after: int = Field(4, ge=0)
     n_logits: int = Field(10, ge=1)
     n_neighbours: int = Field(10, ge=1)
-    bins_per_decade: int = Field(16, ge=1, description="activation histogram resolution (log-spaced bins, 1e-4 to 1e4)")
+    bins_per_decade: int = Field(32, ge=1, description="activation histogram resolution (log-spaced bins, 1e-4 to 1e4)")
     checkpoint_every: int = Field(20, ge=1, description="batches between checkpoints of the running statistics")
     neuronpedia_batch: int = Field(128, ge=1, description="features per Neuronpedia JSON file")
     wandb: WandbConfig = WandbConfig()
@@ -316,6 +316,9 @@ def feature_view(i: int, s: dict, w: dict, edges: list[float], n_tokens: int, cf
     fv["top"] = examples("top")
     fv["top_tokens"] = [t for t, _ in Counter(ex[1][cfg.window_before] for ex in fv["top"][:10]).most_common(4)]
     samples = examples("smp")  # sorted by activation, largest first
+    top_ctx = {c for c in s["top_ctx"][i] if c >= 0}
+    if all(c in top_ctx for c in s["smp_ctx"][i] if c >= 0):  # it fires in so few contexts that all are shown above
+        samples = []
     n_bands = min(cfg.sample_bands, len(samples))
     for b in range(n_bands):
         lo, hi = round(b * len(samples) / n_bands), round((b + 1) * len(samples) / n_bands)

@@ -36,7 +36,7 @@ class FeatureStats:
     """Running statistics of ``d_sae`` features; see the module docstring."""
 
     def __init__(self, d_sae: int, top_k: int = 20, n_samples: int = 32, before: int = 12, after: int = 4,
-                 hist_low: float = 1e-4, hist_high: float = 1e4, bins_per_decade: int = 16, seed: int = 0):
+                 hist_low: float = 1e-4, hist_high: float = 1e4, bins_per_decade: int = 32, seed: int = 0):
         self.d, self.k, self.m = d_sae, top_k, n_samples
         self.before, self.after = before, after
         self.width = before + 1 + after
