@@ -299,3 +299,17 @@ def test_smollm2_dashboards(tmp_path, smollm2):
     live = next(f for f in stats["features"] if not f["dead"])
     assert live["top_tokens"] and all(isinstance(t, str) for t in live["top_tokens"])
     assert "Ġ" not in "".join(t for f in stats["features"] for t, _ in f["pos_logits"])  # decoded text, not BPE symbols
+
+
+def test_outputs_written_in_chunks_equal_one_chunk(tmp_path, tiny_model, monkeypatch):
+    sae_dir = _save_sae(tmp_path / "sae")
+    _run(tiny_model, sae_dir, tmp_path / "one", neuronpedia_batch=5)
+    import functools
+
+    monkeypatch.setattr(dash_build, "write_outputs", functools.partial(dash_build.write_outputs, chunk=8))
+    _run(tiny_model, sae_dir, tmp_path / "chunked", neuronpedia_batch=5, wandb_features_per_page=4)
+    names = ["index.html", "stats.json", *(f"features/{i}.html" for i in range(D_SAE)),
+             *(p.relative_to(tmp_path / "one").as_posix() for p in (tmp_path / "one" / "neuronpedia").glob("*.json"))]
+    assert len(names) > D_SAE + 4
+    for name in names:
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "chunked" / name).read_text(), name

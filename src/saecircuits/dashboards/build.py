@@ -108,21 +108,15 @@ def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, mode
             "contexts": int(stats.t["n_contexts"])}
     summ = stats.summary()
     strings = token_strings(model.tokenizer, summ, weights)
-    vis = {i: H.visible(s) for i, s in strings.items()}
-    views = feature_views(summ, weights, stats, cfg)
-    write_site(out, views, vis, meta)
-    write_stats(out, views, strings, summ, weights, meta)
-    np_files = neuronpedia.export(out / "neuronpedia", views, strings, meta, cfg.neuronpedia_batch)
-    t_wandb = time.perf_counter()
-    wb = log_wandb(cfg, out, views, strings, vis, meta)
+    rows, wb = write_outputs(cfg, out, summ, weights, stats, strings, meta)
     done = time.perf_counter()
-    n_dead = sum(v["dead"] for v in views)
+    n_dead = sum(r["dead"] for r in rows)
     summary = {
-        **meta, "out": str(out), "index": str(out / "index.html"), "n_features": len(views),
-        "n_live": len(views) - n_dead, "n_dead": n_dead, "neuronpedia_files": len(np_files),
+        **meta, "out": str(out), "index": str(out / "index.html"), "n_features": len(rows),
+        "n_live": len(rows) - n_dead, "n_dead": n_dead, "neuronpedia_files": wb["neuronpedia_files"],
         "resumed_from_batch": pass_result["resumed_from_batch"], "source_exhausted": pass_result["exhausted"],
         "seconds": {"stats_pass": pass_result["seconds"], "weights": t_render - t_weights,
-                    "render": t_wandb - t_render, "wandb": done - t_wandb, "total": done - started},
+                    "outputs": done - t_render, "total": done - started},
         "wandb_mode": wb["mode"], "wandb_sync": wb["sync"],
     }
     summary["tokens_per_second"] = meta["tokens"] / max(pass_result["seconds"], 1e-9) if pass_result["seconds"] else None
@@ -279,30 +273,34 @@ def token_strings(tokenizer, summ: dict, weights: dict) -> dict[int, str]:
     return dict(zip(ids, texts, strict=True))
 
 
-def feature_views(summ: dict, weights: dict, stats: FeatureStats, cfg: DashboardConfig) -> list[dict]:
-    """Everything the pages show about each feature, as plain Python values (tokens as ids)."""
+def feature_views(summ: dict, weights: dict, stats: FeatureStats, cfg: DashboardConfig, start: int, stop: int,
+                  dead_all: list[bool]) -> list[dict]:
+    """Everything the pages show about features ``start`` to ``stop`` - 1, as plain Python values (tokens as ids)."""
     # window activations to 3 decimals: what pages and exports show (the exact values stay in stats.safetensors)
-    lists = {k: (v.round(decimals=3) if k.endswith("win_act") else v).tolist() for k, v in summ.items()}
-    w = {k: v.tolist() for k, v in weights.items()}
+    lists = {k: (v[start:stop].round(decimals=3) if k.endswith("win_act") else v[start:stop]).tolist() for k, v in summ.items()}
+    w = {k: v[start:stop].tolist() for k, v in weights.items()}
     edges = stats.hist_edges().tolist()
-    return [feature_view(i, lists, w, edges, int(stats.t["n_tokens"]), cfg) for i in range(len(lists["dead"]))]
+    n_tokens = int(stats.t["n_tokens"])
+    return [feature_view(i, i - start, lists, w, edges, n_tokens, dead_all, cfg) for i in range(start, stop)]
 
 
-def feature_view(i: int, s: dict, w: dict, edges: list[float], n_tokens: int, cfg: DashboardConfig) -> dict:
-    """One feature's view from per-feature lists ``s`` (``FeatureStats.summary``) and ``w`` (``weight_stats``).
+def feature_view(fid: int, i: int, s: dict, w: dict, edges: list[float], n_tokens: int, dead_all: list[bool],
+                 cfg: DashboardConfig) -> dict:
+    """Feature ``fid``'s view from row ``i`` of per-feature lists ``s`` (``FeatureStats.summary``) and ``w``
+    (``weight_stats``); ``dead_all`` marks every feature's neighbours.
 
     Examples are tuples (max activation, token ids, activations, centre index, label); ids of -1 pad
     windows that run past the context.
     """
     dead = s["dead"][i]
-    fv: dict = {"id": i, "dead": dead, "density": s["density"][i], "fired": s["fired"][i], "n_tokens": n_tokens,
+    fv: dict = {"id": fid, "dead": dead, "density": s["density"][i], "fired": s["fired"][i], "n_tokens": n_tokens,
                 "max_act": s["max_act"][i], "mean_act": s["mean_act"][i], "top": [], "bands": [], "top_tokens": [],
                 "pos_logits": [], "neg_logits": [], "logit_hist": None}
     if "pos_ids" in w:
         fv["pos_logits"] = list(zip(w["pos_ids"][i], w["pos_vals"][i], strict=True))
         fv["neg_logits"] = list(zip(w["neg_ids"][i], w["neg_vals"][i], strict=True))
         fv["logit_hist"] = (w["logit_hist"][i], w["logit_min"][i], w["logit_max"][i])
-    fv["neighbours"] = [(j, c, s["dead"][j]) for j, c in zip(w["nb_ids"][i], w["nb_cos"][i], strict=True)]
+    fv["neighbours"] = [(j, c, dead_all[j]) for j, c in zip(w["nb_ids"][i], w["nb_cos"][i], strict=True)]
     fv["hist_counts"], fv["hist_edges"] = _display_histogram(s["hist"][i], edges, fv["max_act"])
     if dead:
         return fv
@@ -352,29 +350,57 @@ def _display_histogram(counts: list[int], inner: list[float], max_act: float, ma
 # ---------------------------------------------------------------- outputs
 
 
-def write_site(out: Path, views: list[dict], vis: dict[int, str], meta: dict) -> None:
-    """index.html and features/<id>.html; the features folder is written aside and swapped in whole."""
+def write_outputs(cfg: DashboardConfig, out: Path, summ: dict, weights: dict, stats: FeatureStats,
+                  strings: dict[int, str], meta: dict, chunk: int = 1024) -> tuple[list[dict], dict]:
+    """The site, the stats files, the Neuronpedia export and W&B, features a chunk at a time (bounded memory).
+
+    Returns one small row per feature and the W&B/export outcome. The features folder is written aside
+    and swapped in whole, so a failure leaves the previous site intact.
+    """
+    vis = {i: H.visible(t) for i, t in strings.items()}
+    d = len(summ["dead"])
+    dead_all = summ["dead"].tolist()
+    per_page = cfg.wandb_features_per_page
+    chunk = max(per_page, chunk // per_page * per_page)  # W&B pages never straddle two chunks
+    run = Run(cfg.wandb, out, {**cfg.model_dump(mode="json"), **meta}, job="dashboards")
+    exporter = neuronpedia.Exporter(out / "neuronpedia", strings, meta, cfg.neuronpedia_batch)
     tmp = Path(tempfile.mkdtemp(prefix=".features.", dir=out))
+    rows: list[dict] = []
     try:
-        for fv in views:
-            (tmp / f"{fv['id']}.html").write_text(H.feature_page(fv, vis, meta, len(views)), encoding="utf-8")
+        for start in range(0, d, chunk):
+            views = feature_views(summ, weights, stats, cfg, start, min(start + chunk, d), dead_all)
+            for fv in views:
+                (tmp / f"{fv['id']}.html").write_text(H.feature_page(fv, vis, meta, d), encoding="utf-8")
+            exporter.add(views)
+            if run.run is not None:
+                for g in range(0, len(views), per_page):
+                    group = views[g : g + per_page]
+                    run.html(f"dashboards/features_{group[0]['id']:05d}_{group[-1]['id']:05d}", H.group_page(group, vis, meta))
+            rows.extend({k: v[k] for k in ("id", "dead", "density", "fired", "max_act", "mean_act", "top_tokens",
+                                           "pos_logits", "neg_logits", "neighbours")} for v in views)
         replace_dir(tmp, out / "features")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        run.finish()
         raise
-    rows = [{"id": v["id"], "dead": v["dead"], "density": v["density"], "max_act": v["max_act"], "mean_act": v["mean_act"],
-             "top_tokens": v["top_tokens"], "pos_logits": [t for t, _ in v["pos_logits"][:5]]} for v in views]
+    np_files = exporter.close()
     write_text(out / "index.html", H.index_page(rows, vis, meta))
+    write_stats(out, rows, strings, summ, weights, meta)
+    result = {"mode": run.mode, "sync": None, "neuronpedia_files": len(np_files)}
+    if run.run is not None:
+        log_table(run, rows, strings, meta)
+        result["sync"] = run.finish()
+    return rows, result
 
 
-def write_stats(out: Path, views: list[dict], strings: dict[int, str], summ: dict, weights: dict, meta: dict) -> None:
+def write_stats(out: Path, rows: list[dict], strings: dict[int, str], summ: dict, weights: dict, meta: dict) -> None:
     """stats.json (summary and per-feature numbers) and stats.safetensors (per-feature arrays)."""
-    feats = [{"id": v["id"], "dead": v["dead"], "density": v["density"], "fired": v["fired"], "max_act": v["max_act"],
-              "mean_act": v["mean_act"], "top_tokens": [strings[t] for t in v["top_tokens"]],
-              "page": f"features/{v['id']}.html",
-              "pos_logits": [[strings[t], round(x, 4)] for t, x in v["pos_logits"]],
-              "neg_logits": [[strings[t], round(x, 4)] for t, x in v["neg_logits"]],
-              "neighbours": [[j, round(c, 4)] for j, c, _ in v["neighbours"]]} for v in views]
+    feats = [{"id": r["id"], "dead": r["dead"], "density": r["density"], "fired": r["fired"], "max_act": r["max_act"],
+              "mean_act": r["mean_act"], "top_tokens": [strings[t] for t in r["top_tokens"]],
+              "page": f"features/{r['id']}.html",
+              "pos_logits": [[strings[t], round(x, 4)] for t, x in r["pos_logits"]],
+              "neg_logits": [[strings[t], round(x, 4)] for t, x in r["neg_logits"]],
+              "neighbours": [[j, round(c, 4)] for j, c, _ in r["neighbours"]]} for r in rows]
     write_json(out / "stats.json", {"meta": meta, "features": feats}, indent=None)
     arrays = {k: summ[k] for k in ("density", "fired", "max_act", "mean_act", "dead", "hist", "top_val", "top_ctx",
                                    "top_pos", "top_win_tok", "top_win_act")}
@@ -383,24 +409,16 @@ def write_stats(out: Path, views: list[dict], strings: dict[int, str], summ: dic
     save_tensors(out / "stats.safetensors", arrays, metadata={k: str(v) for k, v in meta.items()})
 
 
-def log_wandb(cfg: DashboardConfig, out: Path, views: list[dict], strings: dict[int, str], vis: dict[int, str],
-              meta: dict) -> dict:
-    """The feature table and the dashboards (as pages of features) on a W&B run."""
-    run = Run(cfg.wandb, out, {**cfg.model_dump(mode="json"), **meta}, job="dashboards")
-    if run.run is None:
-        return {"mode": run.mode, "sync": None}
-    cols = ["feature", "dead", "density", "max_act", "mean_act", "top_tokens", "logits_raised", "logits_lowered"]
+def log_table(run: Run, rows: list[dict], strings: dict[int, str], meta: dict) -> None:
+    """The per-feature table, the density histogram and the run summary on W&B."""
+
     def words(ids) -> str:
         return " ".join(repr(strings[t]) for t in ids)
 
-    rows = [[v["id"], v["dead"], v["density"], v["max_act"], v["mean_act"], words(v["top_tokens"]),
-             words(t for t, _ in v["pos_logits"][:5]), words(t for t, _ in v["neg_logits"][:5])] for v in views]
-    run.table("dashboards/features", cols, rows)
-    run.histogram("dashboards/log10_density", [math.log10(v["density"]) for v in views if not v["dead"]] or [0.0])
-    n = cfg.wandb_features_per_page
-    for start in range(0, len(views), n):
-        group = views[start : start + n]
-        run.html(f"dashboards/features_{start:05d}_{group[-1]['id']:05d}", H.group_page(group, vis, meta))
-    n_dead = sum(v["dead"] for v in views)
-    run.summary({"n_features": len(views), "n_dead": n_dead, "n_live": len(views) - n_dead, "tokens": meta["tokens"]})
-    return {"mode": run.mode, "sync": run.finish()}
+    cols = ["feature", "dead", "density", "max_act", "mean_act", "top_tokens", "logits_raised", "logits_lowered"]
+    data = [[r["id"], r["dead"], r["density"], r["max_act"], r["mean_act"], words(r["top_tokens"]),
+             words(t for t, _ in r["pos_logits"][:5]), words(t for t, _ in r["neg_logits"][:5])] for r in rows]
+    run.table("dashboards/features", cols, data)
+    run.histogram("dashboards/log10_density", [math.log10(r["density"]) for r in rows if not r["dead"]] or [0.0])
+    n_dead = sum(r["dead"] for r in rows)
+    run.summary({"n_features": len(rows), "n_dead": n_dead, "n_live": len(rows) - n_dead, "tokens": meta["tokens"]})

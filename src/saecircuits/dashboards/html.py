@@ -194,14 +194,14 @@ def group_page(fvs: Sequence[dict], vis: dict[int, str], meta: dict) -> str:
 
 def index_page(rows: Sequence[dict], vis: dict[int, str], meta: dict) -> str:
     """The searchable, sortable table of all features. A row: id, dead, density, max_act, mean_act,
-    top_tokens and pos_logits (lists of token ids)."""
+    top_tokens (token ids) and pos_logits ((token id, value) pairs)."""
     n_dead = sum(r["dead"] for r in rows)
     head = ("<tr><th data-type=num>feature</th><th data-type=num>density</th><th data-type=num>max act.</th>"
             "<th data-type=num>mean act.</th><th>top tokens</th><th>logits raised</th></tr>")
     body = []
     for r in rows:
         toks = " ".join(f'<span class="tok">{vis[t]}</span>' for t in r["top_tokens"])
-        logits = " ".join(f'<span class="tok">{vis[t]}</span>' for t in r["pos_logits"])
+        logits = " ".join(f'<span class="tok">{vis[t]}</span>' for t, _ in r["pos_logits"][:5])
         dead = '<span class="dead">dead</span> ' if r["dead"] else ""
         body.append(
             f'<tr{" class=deadrow" if r["dead"] else ""}><td class="n" data-v="{r["id"]}"><a href="features/{r["id"]}.html">{r["id"]}</a></td>'

@@ -58,16 +58,31 @@ def feature_json(fv: dict, strings: dict[int, str], meta: dict) -> dict:
     }
 
 
-def export(folder: Path, views: list[dict], strings: dict[int, str], meta: dict, per_file: int = 128) -> list[Path]:
-    """Write the live features, ``per_file`` to a file; returns the files."""
-    ensure_dir(folder)
-    for old in folder.glob("batch-*.json"):
-        old.unlink()
-    live = [v for v in views if not v["dead"]]
-    layer = layer_of(meta["hook"])
-    paths = []
-    for n, start in enumerate(range(0, len(live), per_file)):
-        batch = {"model_id": meta["model"], "layer": layer if layer is not None else 0, "sae_set": meta["sae_name"],
-                 "features": [feature_json(v, strings, meta) for v in live[start : start + per_file]]}
-        paths.append(write_json(folder / f"batch-{n}.json", batch, indent=None))
-    return paths
+class Exporter:
+    """Writes live features to ``batch-<n>.json`` files of ``per_file`` features, as views arrive."""
+
+    def __init__(self, folder: Path, strings: dict[int, str], meta: dict, per_file: int = 128):
+        self.folder, self.strings, self.meta, self.per_file = ensure_dir(folder), strings, meta, per_file
+        for old in self.folder.glob("batch-*.json"):
+            old.unlink()
+        layer = layer_of(meta["hook"])
+        self.layer = layer if layer is not None else 0
+        self.pending: list[dict] = []
+        self.paths: list[Path] = []
+
+    def add(self, views: list[dict]) -> None:
+        self.pending.extend(feature_json(v, self.strings, self.meta) for v in views if not v["dead"])
+        while len(self.pending) >= self.per_file:
+            self._flush(self.per_file)
+
+    def _flush(self, n: int) -> None:
+        batch = {"model_id": self.meta["model"], "layer": self.layer, "sae_set": self.meta["sae_name"],
+                 "features": self.pending[:n]}
+        self.paths.append(write_json(self.folder / f"batch-{len(self.paths)}.json", batch, indent=None))
+        self.pending = self.pending[n:]
+
+    def close(self) -> list[Path]:
+        """Write what is left; returns every file written."""
+        if self.pending:
+            self._flush(len(self.pending))
+        return self.paths
