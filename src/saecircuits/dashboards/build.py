@@ -9,7 +9,9 @@ Output folder:
     stats.json                 run summary and per-feature numbers (for other stages)
     stats.safetensors          per-feature arrays: density, max_act, top examples, logits, neighbours
     neuronpedia/batch-<n>.json live features in the layout of Neuronpedia's bulk import
+    summary.json               what ran, counts, seconds per phase
     checkpoint/                running statistics (resume point; the finished pass is reused on a rerun)
+    wandb/                     the W&B run (offline runs are uploaded later with ``wandb sync``)
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = Fals
             break
     bar = _Bar(progress, n_batches * B * T, start_batch * B * T)
     batch_index = start_batch
-    t0 = time.perf_counter()
+    t0, tokens0 = time.perf_counter(), int(stats.t["n_tokens"])
 
     def state(done: bool) -> dict:
         return {"fingerprint": fp, "batches": batch_index, "done": done, "exhausted": exhausted,
@@ -213,7 +215,8 @@ def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = Fals
                 f.mul_(keep[:, None])
                 stats.update(f.view(len(batch), T, -1), tokens, int(keep.sum()), batch_index * B, batch_index)
                 batch_index += 1
-                bar.update(batch_index * B * T, f"{stats.t['n_tokens'].item() / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
+                rate = (int(stats.t["n_tokens"]) - tokens0) / max(time.perf_counter() - t0, 1e-9)
+                bar.update(batch_index * B * T, f"{rate:,.0f} tok/s")
                 if batch_index % cfg.checkpoint_every == 0 and batch_index < n_batches:
                     _save_checkpoint(folder, stats, state(False))
     finally:
