@@ -85,9 +85,10 @@ def test_skipping_a_layer_matches_a_hooked_reference(tiny_model, text_file):
 
 
 def test_swaps_and_ranges_are_named_and_bounded(tiny_model, text_file):
-    r = skipping.measure(tiny_model, skipping.SkipConfig(stream=_stream(text_file, tokens=128), skips=[[0, 1]]))
+    r = skipping.measure(tiny_model, skipping.SkipConfig(stream=_stream(text_file, tokens=128), skips=[[0, 1], [2]]))
     names = [x["name"] for x in r["interventions"]]
-    assert names == ["skip 0-1", "swap 0,1", "swap 1,2"]
+    assert names == ["skip 0-1", "skip 2", "swap 0,1", "swap 1,2"]
+    assert r["interventions"][1]["resid_rel_diff"] == [None, None, None] and r["interventions"][1]["kl"] > 0
     assert all(x["kl"] >= 0 and 0 <= x["top1_agreement"] <= 1 for x in r["interventions"])
     assert skipping.parse_layers("10-12,3", 30) == [3, 10, 11, 12]
     with pytest.raises(SaecircuitsError, match="outside"):
@@ -356,3 +357,29 @@ def test_task_hookup_for_lens_and_probes(tiny_model):
     assert data.classes == ["clean", "corrupted"] and data.labels.count(0) == data.labels.count(1) == 10
     with pytest.raises(SaecircuitsError, match="unknown task labels"):
         probes.load(tiny_model, "task:induction:nope")
+
+
+def test_report_section_writes_each_analysis(tiny_model, text_file, tmp_path):
+    from saecircuits.layers import section
+
+    data = probes.Labelled([tiny_model.to_tokens(f"{c * 4} {i}")[0] for i in range(6) for c in "ab"],
+                           [i % 2 for i in range(12)], ["a", "b"], "planted")
+    r = section(tiny_model, ["one two"], [" x"], stream=_stream(text_file, tokens=128), skip_tokens=128, labelled=data,
+                out=str(tmp_path))
+    assert set(r) == {"logit_lens", "contributions", "skipping", "probes"}
+    for name in r:
+        assert json.loads((tmp_path / f"{name}.json").read_text())["model"] == tiny_model.cfg.model_name
+        assert (tmp_path / f"{name}.png").exists()
+
+
+def test_skipping_shares_the_clean_prefix_exactly(tiny_model):
+    """A skip run that starts from the clean prefix equals the same order run from the embedding."""
+    toks = tiny_model.to_tokens(["abc def ghi", "xyz uvw rst"])
+    with torch.no_grad():
+        full, _ = skipping.run_blocks(tiny_model, toks, [0, 2])
+        _, clean = skipping.run_blocks(tiny_model, toks, [0, 1, 2])
+        part, _ = skipping.run_blocks(tiny_model, toks, [2], clean[1][0])
+        last_only, _ = skipping.run_blocks(tiny_model, toks, [0, 1])
+        from_prefix, _ = skipping.run_blocks(tiny_model, toks, [], clean[1][1])
+    torch.testing.assert_close(full, part, rtol=0, atol=1e-6)
+    torch.testing.assert_close(last_only, from_prefix, rtol=0, atol=1e-6)

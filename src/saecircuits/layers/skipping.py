@@ -37,10 +37,14 @@ class SkipConfig(Config):
     swap_adjacent: bool = True
 
 
-def run_blocks(model: HookedTransformer, tokens: torch.Tensor, order: list[int]) -> tuple[torch.Tensor, dict[int, tuple]]:
+def run_blocks(model: HookedTransformer, tokens: torch.Tensor, order: list[int],
+               start: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, tuple]]:
     """Logits [batch, pos, vocab] of the model with its blocks run in ``order`` (any subset, any order,
-    repeats allowed), and each block's (input, output) residuals by block index (the last run of it)."""
+    repeats allowed), and each block's (input, output) residuals by block index (the last run of it).
+    ``start``: the residual to run ``order`` from instead of the embedding (a shared clean prefix)."""
     residual, _, shortformer, mask = model.input_to_embed(tokens.to(model.cfg.device))
+    if start is not None:
+        residual = start
     seen: dict[int, tuple] = {}
     for i in order:
         out = model.blocks[i](residual, shortformer_pos_embed=shortformer, attention_mask=mask)
@@ -128,7 +132,14 @@ def measure(model: HookedTransformer, cfg: SkipConfig) -> dict:
         n_tok += int(keep.sum())
         top = logp.argmax(-1)
         for e in effects:
-            lg, seen = run_blocks(model, tokens, e.order)
+            # blocks before the first changed one run as in the clean pass: start from its input
+            first = next((k for k, i in enumerate(e.order) if i != k), len(e.order))
+            if first < len(e.order):
+                start = clean[first][0]
+            else:  # the order is a prefix of the clean one: start from the output of its last block
+                start = clean[first - 1][1] if first else None
+            lg, seen = run_blocks(model, tokens, e.order[first:], start)
+            seen = {**{i: clean[i] for i in e.order[:first]}, **seen}
             lq = F.log_softmax(lg.float(), -1)
             e.kl += float((logp.exp() * (logp - lq)).sum(-1)[keep].sum())
             e.loss += float((-lq[:, :-1].gather(-1, target[..., None])[..., 0])[pred].sum())
