@@ -33,11 +33,13 @@ def _naive_sweep(model, task, values):
 
 @pytest.mark.parametrize("kw", [{}, {"n_kv": 2}, {"attn_only": True, "n_layers": 2}])
 @pytest.mark.parametrize("kind", ["patch", "mean", "zero", "resample"])
-def test_batched_sweep_equals_a_naive_loop(kw, kind):
+@pytest.mark.parametrize("lean", [True, False])
+def test_batched_sweep_equals_a_naive_loop(kw, kind, lean):
     model = make_tiny_model(**kw)
     task = _task(model)
     # small batches and rows, so prompt chunks and stacked-head chunks are both exercised
-    patcher = patching.HeadPatcher(model, task, batch_size=4, max_rows=7)
+    patcher = patching.HeadPatcher(model, task, batch_size=4, max_rows=7, lean=lean)
+    assert (patcher._lean is not None) == lean
     values = ablation.ablation_values(patcher, kind, seed=1)
     got = patcher.sweep(values)
     want = _naive_sweep(model, task, values)

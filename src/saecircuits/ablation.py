@@ -124,3 +124,19 @@ def validate_circuit(patcher: HeadPatcher, circuit: torch.Tensor, values: torch.
             "share_at_least_circuit": float((per_draw >= out["faithfulness"]["value"]).float().mean()),
         }
     return out
+
+
+def faithfulness_by_size(patcher: HeadPatcher, scores: torch.Tensor, sizes: list[int], values: torch.Tensor) -> list[dict]:
+    """Faithfulness and knockout of the top-``size`` heads by |scores|, for each size: one batched run."""
+    order = scores.abs().nan_to_num(0.0).flatten().argsort(descending=True)
+    L, H = patcher.n_layers, patcher.n_heads
+    sizes = sorted({min(max(1, s), L * H) for s in sizes})
+    circuits = torch.zeros(len(sizes), L * H, dtype=torch.bool)
+    for i, s in enumerate(sizes):
+        circuits[i, order[:s]] = True
+    circuits = circuits.view(-1, L, H)
+    runs = patcher.run(torch.cat([torch.zeros(1, L, H, dtype=torch.bool), circuits, ~circuits]), values)
+    full, none = patcher.clean_metric, runs[0]
+    faith = _normalised(runs[1: 1 + len(sizes)], full[None], none[None])
+    knock = _normalised(runs[1 + len(sizes):], full[None], none[None])
+    return [{"size": s, "faithfulness": float(f), "knockout": float(k)} for s, f, k in zip(sizes, faith, knock)]

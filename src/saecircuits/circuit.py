@@ -22,11 +22,11 @@ from typing import Literal
 
 import networkx as nx
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformer_lens import HookedTransformer
 
 from saecircuits import tasks as tasklib
-from saecircuits.ablation import ablation_values, validate_circuit
+from saecircuits.ablation import ablation_values, faithfulness_by_size, validate_circuit
 from saecircuits.config import Config
 from saecircuits.errors import SaecircuitsError
 from saecircuits.patching import EdgeScores, HeadPatcher, edge_attribution, head_name, patch_edges
@@ -53,6 +53,14 @@ class CircuitConfig(Config):
     batch_size: int = Field(16, ge=1)
     max_rows: int = Field(256, ge=1, description="sequences per batched forward")
     task_options: dict = Field(default_factory=dict, description="extra arguments of the task builder")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        key = v.replace("-", "_").lower()
+        if key not in tasklib.TASKS:
+            raise ValueError(f"unknown task '{v}', choose one of: {', '.join(tasklib.TASKS)}")
+        return key
 
 
 def _table(t: torch.Tensor) -> list[list[float]]:
@@ -118,6 +126,8 @@ def find_and_validate(model: HookedTransformer, task: tasklib.Task | str | None 
     t = time.perf_counter()
     validation = validate_circuit(patcher, mask, values, n_random=cfg.random_circuits, n_boot=cfg.bootstrap,
                                   seed=cfg.seed)
+    sizes = sorted({1, 2, 5, 10, 20, 40, 80, L * H // 2, int(mask.sum())} & set(range(1, L * H + 1)))
+    by_size = faithfulness_by_size(patcher, select_scores, sizes, values)
     timings["validation"] = time.perf_counter() - t
 
     results: dict = {
@@ -129,6 +139,7 @@ def find_and_validate(model: HookedTransformer, task: tasklib.Task | str | None 
         "circuit": {"heads": circuit_heads(mask), "size": int(mask.sum()), "selected_by": cfg.select_by,
                     "rule": f"top {cfg.size}" if cfg.size else f"|effect| >= {cfg.threshold}"},
         "validation": validation,
+        "faithfulness_by_size": by_size,
     }
 
     edge_scores = None
@@ -242,6 +253,40 @@ def head_overlap(a: list[str], b: list[str], n_heads_total: int) -> dict:
         "expected_shared_at_random": len(sa) * len(sb) / n_heads_total,
         "p_value": float(hypergeom.sf(k - 1, n_heads_total, len(sa), len(sb))),
     }
+
+
+def summary_lines(results: dict) -> list[str]:
+    """A few plain lines for a terminal: the task, the circuit, its validation, agreement and timings."""
+    ev, val = results["evaluation"], results["validation"]
+
+    def ci(d: dict) -> str:
+        return f"{d['value']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]"
+
+    lines = [f"{results['model']} / {results['task']}: clean {ev['metric']} {ev['clean_metric']:.3f} "
+             f"(corrupted {ev['corrupted_metric']:.3f}), accuracy {ev['clean_accuracy']:.2f} vs chance {ev['chance']:.2f}"]
+    if not ev["can_do"]:
+        lines.append(f"WARNING: {ev['warning']}")
+    c = results["circuit"]
+    lines.append(f"circuit ({c['size']} heads, {c['rule']} by {c['selected_by']}): {' '.join(c['heads'])}")
+    lines.append(f"faithfulness {ci(val['faithfulness'])}; circuit knocked out {ci(val['knockout'])} "
+                 f"({results['config']['ablation']} ablation, 95% bootstrap CI over {val['n_prompts']} prompts)")
+    lines.append("faithfulness of the top-k heads: " + ", ".join(
+        f"{d['size']}: {d['faithfulness']:.2f}" for d in results.get("faithfulness_by_size", [])))
+    if "random" in val:
+        r = val["random"]
+        lines.append(f"random circuits of {c['size']} heads: faithfulness {r['faithfulness_mean']:.3f} "
+                     f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], {r['share_at_least_circuit']:.0%} of {r['n_circuits']} "
+                     "at least as faithful")
+    if "sae_codes" in results:
+        a = results["sae_codes"]["vs_patching"]
+        lines.append(f"SAE codes vs patching: Spearman {a['spearman']:.3f}, top-{a['top']} overlap {a['top_overlap']}")
+    if "eap_vs_exact" in results.get("edges", {}):
+        e = results["edges"]["eap_vs_exact"]
+        lines.append(f"EAP vs exact edge patching (top {len(results['edges']['confirmed'])} edges): "
+                     f"Pearson {e['pearson']:.3f}, same sign {e['same_sign']:.0%}")
+    sec = results["seconds"]
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))
+    return lines
 
 
 def _finite(obj):

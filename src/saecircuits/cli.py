@@ -225,6 +225,7 @@ def match(
     random_subsets: int = typer.Option(100, "--random-subsets", min=0, help="Draws of the random-subset baseline."),
     sample_tokens: int = typer.Option(2048, "--sample-tokens", min=0, help="Tokens kept for activation-space similarity."),
     alignment: str = typer.Option("boundary", "--alignment", help="boundary | cover (cross-model token alignment rule)"),
+    drop_outlier_norm: float = typer.Option(10.0, "--drop-outlier-norm", help="Leave out tokens whose input norm is this many times the median (0: keep all)."),
     min_cos: float = typer.Option(0.5, "--min-cos", help="chains / flow: weakest decoder cosine that links two features."),
     flow_direction: str = typer.Option("decoder", "--flow-direction", help="flow: compare each feature's decoder or encoder direction"),
     batch_contexts: int = typer.Option(8, "--batch-contexts", min=1),
@@ -237,7 +238,8 @@ def match(
         [str(p) for p in sae_a], [str(p) for p in sae_b or []], str(out), mode=mode, model=model, model_b=model_b,
         settings={"text": {"source": text, "context_size": context_size}, "tokens": tokens, "method": method,
                   "min_r": min_r, "null": null, "random_subsets": random_subsets, "sample_tokens": sample_tokens,
-                  "alignment": alignment, "batch_contexts": batch_contexts, "seed": seed},
+                  "alignment": alignment, "batch_contexts": batch_contexts, "seed": seed,
+                  "drop_outlier_norm": drop_outlier_norm or None},
         min_cos=min_cos, flow_direction=flow_direction, console=Console(),
     )
     console.print(f"written: {out} ({', '.join(sorted(written))})")
@@ -458,6 +460,41 @@ def layers_linearity(
     console.print(f"held-out R^2 of one affine map per block: min {r['r2_held_out'][worst]:.3f} (block {r['layers'][worst]}), "
                   f"mean {sum(r['r2_held_out']) / len(r['r2_held_out']):.3f}")
     _layers_write(out, "linearity", r)
+
+
+# ---------------------------------------------------------------- circuit: a task's head circuit, validated by ablation
+
+@command(name="circuit")
+def circuit_cmd(
+    out: Path = typer.Option(..., "--out", help="Output folder: results.json, circuit.json, graph.graphml/.json, edge_scores.safetensors."),
+    task: str = typer.Option("ioi", "--task", help="ioi | induction | greater_than | list_recall | colored_objects"),
+    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    prompts: int = typer.Option(64, "--prompts", help="Clean/corrupted prompt pairs."),
+    size: int = typer.Option(None, "--size", help="Heads in the circuit (default: every head above --threshold)."),
+    threshold: float = typer.Option(0.05, "--threshold", help="|normalised patching effect| a head needs when --size is not given."),
+    ablation: str = typer.Option("mean", "--ablation", help="mean | zero | resample"),
+    random_circuits: int = typer.Option(20, "--random", help="Random circuits of the same size (the baseline)."),
+    ig_steps: int = typer.Option(0, "--ig-steps", help="EAP-IG interpolation steps (0: plain EAP)."),
+    edges: bool = typer.Option(True, "--edges/--no-edges", help="Edge attribution patching over every edge."),
+    sae_codes: bool = typer.Option(True, "--sae-codes/--no-sae-codes", help="Score heads with per-head SAE codes too."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Find a task's circuit of attention heads and validate it by ablation; write the graph and every number."""
+    from saecircuits import models as m
+    from saecircuits.circuit import CircuitConfig, find_and_validate, summary_lines, write_results
+    from saecircuits.config import validate
+
+    data = {"task": task, "prompts": prompts, "size": size, "threshold": threshold, "ablation": ablation,
+            "random_circuits": random_circuits, "ig_steps": ig_steps, "edges": edges, "seed": seed}
+    if not sae_codes:
+        data["sae_codes"] = None
+    cfg = validate(CircuitConfig, data, where="circuit")
+    lm = m.load(model)
+    results = find_and_validate(lm, None, cfg, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False))
+    paths = write_results(results, out)
+    for line in summary_lines(results):
+        Console().print(line, highlight=False)
+    console.print(f"written: {', '.join(str(p) for p in paths.values())}")
 
 
 def main() -> None:

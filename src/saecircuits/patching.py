@@ -53,8 +53,13 @@ class HeadPatcher:
     ``max_rows``: sequences per forward pass (prompt copies stacked for masks or heads).
     """
 
-    def __init__(self, model: HookedTransformer, task: Task, batch_size: int = 32, max_rows: int = 256):
+    def __init__(self, model: HookedTransformer, task: Task, batch_size: int = 32, max_rows: int = 256,
+                 lean: bool = True):
+        from saecircuits.forward import LeanForward, unsupported
+
         self.model, self.task = model, task
+        # the project's lean forward (fused QKV, weights laid out once) where it covers the model: ~1.5x faster
+        self._lean = LeanForward(model) if lean and unsupported(model) is None else None
         self.batch_size, self.max_rows = batch_size, max_rows
         c = model.cfg
         self.n_layers, self.n_heads = c.n_layers, c.n_heads
@@ -108,7 +113,7 @@ class HeadPatcher:
     def _run_chunk(self, keep: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, start: int,
                    per_prompt: bool) -> torch.Tensor:
         m, b = keep.shape[0], len(idx)
-        hooks = []
+        edits = {}
         for layer in range(start, self.n_layers):
             k = keep[:, layer]
             if bool(k.all()):
@@ -116,15 +121,27 @@ class HeadPatcher:
             mask = k.repeat_interleave(b, 0)[:, None, :, None]  # [m*b, 1, H, 1], mask-major
             vals = values[layer][idx] if per_prompt else values[layer]
             vals = vals.repeat(m, 1, 1, 1) if per_prompt else vals
-
-            def hook(z, hook, mask=mask, vals=vals):
-                return torch.where(mask, z, vals)
-
-            hooks.append((_z(layer), hook))
-        resid = self.resid[start][idx].repeat(m, 1, 1)
-        final = self.model.run_with_hooks(resid, start_at_layer=start, stop_at_layer=self.n_layers, fwd_hooks=hooks)
+            edits[_z(layer)] = lambda z, mask=mask, vals=vals: torch.where(mask, z, vals)
+        final = self._forward_from(self.resid[start][idx].repeat(m, 1, 1), start, edits)
         logits = unembed(self.model, final[:, list(self.task.positions)])
         return self.task.subset(idx.repeat(m)).metric(logits).view(m, b)
+
+    def _forward_from(self, resid: torch.Tensor, start: int, edits: dict) -> torch.Tensor:
+        """The residual stream after the last block, from ``resid`` entering block ``start``, with
+        ``edits[hook_z name](z) -> z`` applied. Uses the lean forward where it covers the model."""
+        if self._lean is None:
+            hooks = [(name, lambda z, hook, f=f: f(z)) for name, f in edits.items()]
+            return self.model.run_with_hooks(resid, start_at_layer=start, stop_at_layer=self.n_layers, fwd_hooks=hooks)
+
+        def keep(name, value):
+            # LeanForward hands each hook_z to ``keep`` before projecting it, so editing it in place intervenes
+            f = edits.get(name)
+            if f is not None:
+                value.copy_(f(value))
+
+        for layer in range(start, self.n_layers):
+            resid = self._lean._block(layer, resid, keep)
+        return resid
 
     def sweep(self, values: torch.Tensor, layers: Sequence[int] | None = None) -> torch.Tensor:
         """Replace one head at a time: the metric for every head and prompt, [n_layers, n_heads, n].
