@@ -278,6 +278,19 @@ def test_special_only_features_are_flagged():
     assert (share[1:] == 0).all()
 
 
+def test_outlier_tokens_are_not_compared_and_the_limit_holds():
+    sae_a, sae_b = make_sae(d_in=8, d_sae=6, k=2), make_sae(d_in=8, d_sae=6, k=2, seed=1)
+    m = matching.ActivationMatcher({"A": sae_a}, {"B": sae_b}, drop_outlier_norm=10.0, limit=350)
+    x = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    x[[3, 50]] *= 100  # massive-activation tokens
+    m.update(synthetic_batch(x, sae_a.cfg.hook))
+    assert m.dropped_outliers == 2 and m.compared == 198
+    code = matching.sparse_code(sae_a, x[[3, 50]])
+    assert int(m.entries["A"].stats.fires_special.sum()) == int((code[0] > 0).sum())  # counted as special positions
+    m.update(synthetic_batch(x, sae_a.cfg.hook))
+    assert m.compared == 350  # the limit cuts the second batch
+
+
 def test_token_classes_marks_punctuation(byte_tokenizer):
     tc = matching.TokenClasses(byte_tokenizer)
     ids = torch.tensor(byte_tokenizer.convert_tokens_to_ids(["a", ",", "Ġ", "Z", "("]))

@@ -172,3 +172,16 @@ def test_bad_input_is_one_clear_error():
         sim.linear_cka(np.ones((5, 2)), np.ones((6, 2)))
     with pytest.raises(SaecircuitsError, match="unknown similarity measure"):
         sim.prepare("cca", np.eye(4), np.eye(4))
+
+
+def test_cka_gram_form_for_few_samples_equals_reference():
+    rng = np.random.default_rng(11)
+    X, Y = rng.normal(size=(8, 30)), rng.normal(size=(8, 20))
+    assert sim.linear_cka(X, Y) == pytest.approx(_cka_reference(X, Y), rel=1e-10)
+
+
+def test_svcca_reports_saturation_when_dims_fill_the_samples():
+    rng = np.random.default_rng(12)
+    res = sim.permutation_test(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)), "svcca", n_null=10)
+    assert res["saturated"] and res["null_mean"] >= 0.75  # 6 of 8 correlations are forced to 1 whatever the pairing
+    assert not sim.permutation_test(rng.normal(size=(200, 4)), rng.normal(size=(200, 4)), "svcca", n_null=10)["saturated"]

@@ -553,9 +553,13 @@ class MatchConfig(Config):
     top_tokens: int = Field(5, ge=1)
     top_m: int = Field(20, ge=1, description="highest activations kept per feature to find its top tokens")
     alignment: Rule = "boundary"
+    drop_outlier_norm: float | None = Field(
+        10.0, gt=1, description="tokens whose SAE input norm exceeds this many times the median (massive-activation / "
+        "attention-sink tokens, ~100x the median in SmolLM2) are not compared; they would dominate r and CKA. None: keep all")
     null: int = Field(1000, ge=0, description="shuffled pairings in each similarity null (0: skip the statistics)")
     random_subsets: int = Field(100, ge=0, description="random-subset baseline draws")
-    sample_tokens: int = Field(4096, ge=0, description="tokens whose activations are kept for activation-space similarity")
+    sample_tokens: int = Field(2048, ge=0, description="tokens whose activations are kept for activation-space similarity (0: decoders only)")
+    activation_svcca_dims: int = Field(128, ge=1, description="SVCCA on activations keeps at most this many directions per side")
     rsa_max_points: int = Field(2000, ge=10, description="RSA on at most this many (random) points")
     measures: list[Literal["svcca", "rsa", "cka"]] = ["svcca", "rsa", "cka"]
     seed: int = 0
@@ -591,7 +595,8 @@ class ActivationMatcher:
 
     def __init__(self, saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAutoencoder],
                  pairs: list[tuple[str, str]] | None = None, top_m: int = 20, sample_tokens: int = 0,
-                 classes: dict[str, TokenClasses] | None = None):
+                 classes: dict[str, TokenClasses] | None = None, drop_outlier_norm: float | None = None,
+                 limit: int | None = None):
         if set(saes_a) & set(saes_b):
             raise SaecircuitsError(f"SAE names must differ between the two sides: {sorted(set(saes_a) & set(saes_b))}")
         self.entries: dict[str, Entry] = {}
@@ -599,6 +604,8 @@ class ActivationMatcher:
             for name, sae in saes.items():
                 self.entries[name] = Entry(name, side, sae, sae.cfg.hook, FeatureStats(sae.d_sae, top_m))
         self.pairs = pairs if pairs is not None else [(a, b) for a in saes_a for b in saes_b]
+        if not self.pairs:
+            raise SaecircuitsError("nothing to match: no (A, B) pair of SAEs")
         for a, b in self.pairs:
             if a not in saes_a or b not in saes_b:
                 raise SaecircuitsError(f"pair ({a}, {b}) names an SAE that is not on its side")
@@ -607,6 +614,27 @@ class ActivationMatcher:
         self.sample_tokens = sample_tokens
         self.sampled = 0
         self.encode_seconds = 0.0
+        self.drop_outlier_norm = drop_outlier_norm
+        self.outlier_limits: dict[tuple[str, str], float] = {}  # (side, site) -> norm limit, from the first batch
+        self.dropped_outliers = 0
+        self.limit = limit  # compare at most this many rows in all
+
+    def _drop_outliers(self, batch: Batch) -> Batch:
+        """Aligned rows where any site of either side has a norm above the limit become special positions."""
+        keep = torch.ones(len(batch.rows["a"]), dtype=torch.bool)
+        for e in self.entries.values():
+            key = (e.side, e.site)
+            norms = batch.acts[e.side][e.site].index_select(0, batch.rows[e.side]).float().norm(dim=1)
+            if key not in self.outlier_limits and len(norms):
+                self.outlier_limits[key] = float(norms.median()) * self.drop_outlier_norm
+            keep &= norms <= self.outlier_limits.get(key, math.inf)
+        if bool(keep.all()):
+            return batch
+        self.dropped_outliers += int((~keep).sum())
+        special = {s: v.clone() for s, v in batch.special.items()}
+        for s in SIDES:
+            special[s][batch.rows[s][~keep]] = True
+        return Batch(batch.acts, batch.tokens, batch.valid, special, {s: batch.rows[s][keep] for s in SIDES})
 
     @property
     def compared(self) -> int:
@@ -616,6 +644,11 @@ class ActivationMatcher:
     def update(self, batch: Batch) -> None:
         codes = {}
         start = time.perf_counter()
+        if self.drop_outlier_norm is not None:
+            batch = self._drop_outliers(batch)
+        if self.limit is not None and self.compared + len(batch.rows["a"]) > self.limit:
+            left = max(self.limit - self.compared, 0)
+            batch = Batch(batch.acts, batch.tokens, batch.valid, batch.special, {s: batch.rows[s][:left] for s in SIDES})
         punct = {s: self.classes[s].punct(batch.tokens[s]) if s in self.classes else torch.zeros_like(batch.valid[s])
                  for s in SIDES if s in batch.tokens}
         for name, e in self.entries.items():
@@ -651,7 +684,7 @@ class ActivationMatcher:
         return torch.cat([dense_from_code(c, e.sae.d_sae) for c in e.sample])
 
 
-def model_batches(model, sites: list[str], text_cfg: TextConfig, tokens: int, batch_contexts: int) -> Iterator[Batch]:
+def model_batches(model, sites: list[str], text_cfg: TextConfig, tokens: int | None, batch_contexts: int) -> Iterator[Batch]:
     """Same-model stream: ONE forward pass per batch for every site; compared rows are the rows
     the SAEs were trained on (not BOS/special, not position 0)."""
     from saecircuits.store import ModelActivations, Site, expand_sites
@@ -665,7 +698,7 @@ def model_batches(model, sites: list[str], text_cfg: TextConfig, tokens: int, ba
         acts = ma.activations(toks)
         keep = ma.keep_mask(toks)
         rows = keep.nonzero().squeeze(1)
-        if done + len(rows) > tokens:
+        if tokens is not None and done + len(rows) > tokens:
             rows = rows[: tokens - done]
         flat = toks.reshape(-1)
         valid = torch.ones(len(flat), dtype=torch.bool)
@@ -673,12 +706,12 @@ def model_batches(model, sites: list[str], text_cfg: TextConfig, tokens: int, ba
         yield Batch({"a": acts_by_key, "b": acts_by_key}, {"a": flat, "b": flat}, {"a": valid, "b": valid},
                     {"a": ~keep, "b": ~keep}, {"a": rows, "b": rows})
         done += len(rows)
-        if done >= tokens:
+        if tokens is not None and done >= tokens:
             return
 
 
 def aligned_model_batches(model_a, sites_a: list[str], model_b, sites_b: list[str], text_cfg: TextConfig,
-                          tokens: int, batch_contexts: int, rule: Rule = "boundary") -> Iterator[Batch]:
+                          tokens: int | None, batch_contexts: int, rule: Rule = "boundary") -> Iterator[Batch]:
     """Two-model stream: the same text through both models, compared at character-aligned positions
     (``saecircuits.alignment``); one forward pass per model per batch."""
     from saecircuits.alignment import Side, aligned_batches
@@ -696,7 +729,7 @@ def aligned_model_batches(model_a, sites_a: list[str], model_b, sites_b: list[st
     done = 0
     for ab in aligned_batches(texts, sa, sb, text_cfg.context_size, batch_contexts, rule, limit_pairs=tokens):
         rows = {"a": ab.rows_a, "b": ab.rows_b}
-        if done + len(ab.rows_a) > tokens:
+        if tokens is not None and done + len(ab.rows_a) > tokens:
             rows = {k: v[: tokens - done] for k, v in rows.items()}
         acts, toks, valid, special = {}, {}, {}, {}
         for side, t, v, sites in (("a", ab.tokens_a, ab.valid_a, sites_a), ("b", ab.tokens_b, ab.valid_b, sites_b)):
@@ -707,7 +740,7 @@ def aligned_model_batches(model_a, sites_a: list[str], model_b, sites_b: list[st
             special[side] = v & ~mas[side].keep_mask(t)
         yield Batch(acts, toks, valid, special, rows)
         done += len(rows["a"])
-        if done >= tokens:
+        if tokens is not None and done >= tokens:
             return
 
 
@@ -775,11 +808,12 @@ def pair_result(matcher: ActivationMatcher, a: str, b: str, cfg: MatchConfig, sa
             n_subsets=cfg.random_subsets, rsa_max_points=cfg.rsa_max_points,
         )
         sa, sb = matcher.sample_acts(a), matcher.sample_acts(b)
-        if len(sa) >= 8:
+        if cfg.sample_tokens > 0 and len(sa) >= 8:
             sim["activations"] = similarity.compare(
                 sa[:, ka].double(), sb[:, kb].double(), cfg.measures, n_null=cfg.null, seed=cfg.seed,
                 pool=(sa[:, pool_a].double(), sb[:, pool_b].double()), pool_axis="columns",
                 n_subsets=cfg.random_subsets, rsa_max_points=cfg.rsa_max_points,
+                max_dims=min(cfg.activation_svcca_dims, max(len(sa) // 4, 1)),
             )
     return {"a": a, "b": b, "hook_a": ea.sae.cfg.hook, "hook_b": eb.sae.cfg.hook, "method": cfg.method,
             "summary": summary, "similarity": sim, "pairs": rows}
@@ -803,11 +837,12 @@ def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAut
 
     classes = {"a": TokenClasses(model_a.tokenizer, special_token_ids(model_a))}
     classes["b"] = classes["a"] if same else TokenClasses(model_b.tokenizer, special_token_ids(model_b))
-    matcher = ActivationMatcher(saes_a, saes_b, pairs, cfg.top_m, cfg.sample_tokens, classes)
+    matcher = ActivationMatcher(saes_a, saes_b, pairs, cfg.top_m, cfg.sample_tokens, classes, cfg.drop_outlier_norm,
+                                limit=cfg.tokens)
     if same:
-        stream = model_batches(model_a, sites_a + sites_b, cfg.text, cfg.tokens, cfg.batch_contexts)
+        stream = model_batches(model_a, sites_a + sites_b, cfg.text, None, cfg.batch_contexts)
     else:
-        stream = aligned_model_batches(model_a, sites_a, model_b, sites_b, cfg.text, cfg.tokens, cfg.batch_contexts, cfg.alignment)
+        stream = aligned_model_batches(model_a, sites_a, model_b, sites_b, cfg.text, None, cfg.batch_contexts, cfg.alignment)
     start = time.perf_counter()
     with Progress(TextColumn("match"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
                   TimeRemainingColumn(), disable=not progress, transient=True) as bar:
@@ -815,6 +850,8 @@ def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAut
         for batch in stream:
             matcher.update(batch)
             bar.update(task, completed=matcher.compared)
+            if matcher.compared >= cfg.tokens:
+                break
     stream_seconds = time.perf_counter() - start
     if matcher.compared == 0:
         raise SaecircuitsError(f"text source '{cfg.text.source}' gave no tokens to compare")
@@ -836,7 +873,8 @@ def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAut
                  for n, e in matcher.entries.items()},
         "timing": {"stream_seconds": stream_seconds, "encode_seconds": matcher.encode_seconds, "correlation_seconds": corr,
                    "forward_seconds": stream_seconds - matcher.encode_seconds - corr,
-                   "results_seconds": time.perf_counter() - t0, "tokens": matcher.compared},
+                   "results_seconds": time.perf_counter() - t0, "tokens": matcher.compared,
+                   "dropped_outlier_tokens": matcher.dropped_outliers},
         "results": results,
     }
 
@@ -852,3 +890,22 @@ def sae_names(folders: list[str | Path]) -> list[str]:
             name = f"{base}~{k}"
         names.append(name)
     return names
+
+
+def as_json(obj):
+    """A result made strictly JSON-able: graphs become node-link data, NaN/inf become None, arrays lists."""
+    if isinstance(obj, nx.Graph):
+        return as_json(nx.node_link_data(obj, edges="edges"))
+    if isinstance(obj, dict):
+        return {str(k): as_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [as_json(v) for v in obj]
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return as_json(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

@@ -1,0 +1,260 @@
+"""Feature universality: do SAE features recur across seeds, layers and models?
+
+Trains TopK SAEs (one stream per model, every SAE of a model from ONE forward pass per batch):
+
+    SmolLM2-135M (30 layers): resid_post of layers 5, 11, 12, 17, 23, and layer 11 again with another seed
+    Gemma-3-270M (18 layers): resid_post of layers 3, 6, 10, 13
+    (every SAE has its own initialisation seed; the seed twins share the data order)
+
+The SmolLM2 layers 5, 11, 17, 23 and the Gemma layers 3, 6, 10, 13 sit at relative depths
+(L + 1) / n_layers of about 0.2, 0.4, 0.6, 0.8. Then it measures, by activation matching
+(Hungarian on the feature x feature correlation over the same text) with SVCCA / RSA / CKA of the
+paired decoders against shuffled-pairing nulls:
+
+    seeds     L11 seed 0 vs L11 seed 1: distribution of matched r, share with r > 0.7, SVCCA vs null
+    layers    L11 vs L12 (adjacent) and L11 vs L5, L17, L23 (far); also weight matching (decoder cosine)
+    models    SmolLM2 {5, 11, 17, 23} x Gemma {3, 6, 10, 13}, text aligned by character offsets:
+              mean r and SVCCA matrices, and the best-matching Gemma layer for each SmolLM2 layer
+    runtime   correlation, Hungarian and statistics time for d_sae x d_sae features over the compared tokens
+
+Writes OUT/summary.json and OUT/summary.md (headline numbers), the matching tables, heatmaps and
+histograms under OUT/match_smollm2/ and OUT/match_cross/, weight-matching tables under OUT/weights/.
+Finished training is reused on a rerun (delete OUT/train_* to retrain).
+
+    # the full measurement (hours on 2 CPU cores)
+    nice -n 19 .venv/bin/python circuits/feature_universality.py --out runs/universality
+    # a smoke test (a couple of minutes)
+    nice -n 19 .venv/bin/python circuits/feature_universality.py --out /tmp/univ --train-tokens 8192 \
+        --match-tokens 4096 --d-sae-smol 256 --d-sae-gemma 256 --null 50 --random-subsets 5 --matrix-subsets 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from saecircuits import matching, models
+from saecircuits.config import validate
+from saecircuits.files import ensure_dir, read_json, write_text
+from saecircuits.match_outputs import write_json, write_match, write_weight_match
+from saecircuits.sae import format as sae_format
+from saecircuits.similarity import similarity_matrix
+from saecircuits.training import TrainConfig, train
+
+SMOL_LAYERS = {"L5": 5, "L11": 11, "L12": 12, "L17": 17, "L23": 23}
+SMOL_SEED_TWIN = "L11s1"  # layer 11 again, another initialisation seed (same data order)
+GEMMA_LAYERS = {"G3": 3, "G6": 6, "G10": 10, "G13": 13}
+CROSS_SMOL = ("L5", "L11", "L17", "L23")
+
+
+def train_suite(model_name: str, model, saes: list[dict], args, out: Path) -> dict:
+    """Train every SAE of one model from one stream; reuse a finished run with the same config."""
+    cfg = validate(TrainConfig, {
+        "model": model_name,
+        "text": {"source": args.text, "context_size": 128},
+        "store": {"batch_size_tokens": 4096, "model_batch_size": 8, "buffer_tokens": 65536, "normalize": "expected_average_only_in"},
+        "saes": saes,
+        "total_tokens": args.train_tokens,
+        "eval": {"contexts": args.eval_contexts},
+        "wandb": {"mode": args.wandb},
+        "out": str(out),
+    }, where="feature_universality")
+    done = out / "summary.json"
+    if done.exists() and (out / "config.json").exists() and read_json(out / "config.json") == cfg.model_dump(mode="json"):
+        print(f"[{model_name}] reusing trained SAEs in {out}", flush=True)
+        return read_json(done)
+    start = time.perf_counter()
+    summary = train(cfg, model=model)
+    summary["train_seconds"] = time.perf_counter() - start
+    write_json(done, summary)
+    return summary
+
+
+def sae_entries(layers: dict[str, int], d_sae: int, k: int, lr: float, twin: tuple[str, int, int] | None = None,
+                seed_base: int = 0) -> list[dict]:
+    """TopK SAEs on resid_post; every SAE gets its own initialisation seed (seed_base + layer), so two
+    layers' SAEs never share an initial decoder (which would inflate their weight and activation match)."""
+    out = [{"architecture": "topk", "hook": f"blocks.{layer}.hook_resid_post", "d_sae": d_sae, "k": k, "lr": lr,
+            "seed": seed_base + layer, "name": name} for name, layer in layers.items()]
+    if twin is not None:
+        name, layer, seed = twin
+        out.append({"architecture": "topk", "hook": f"blocks.{layer}.hook_resid_post", "d_sae": d_sae, "k": k, "lr": lr,
+                    "seed": seed, "name": name})
+    return out
+
+
+def load_saes(folder: Path, names: list[str]) -> dict:
+    return {n: sae_format.load(folder / "saes" / n) for n in names}
+
+
+def pick(result: dict, a: str, b: str) -> dict:
+    return next(r for r in result["results"] if r["a"] == a and r["b"] == b)
+
+
+def headline(r: dict) -> dict:
+    """The numbers a reader wants from one matched pair."""
+    s, dec = r["summary"], r["similarity"].get("decoder", {})
+    out = {"pair": f"{r['a']} vs {r['b']}", "tokens": s["tokens"], "alive_a": s["alive_a"], "alive_b": s["alive_b"],
+           "n_pairs": s["n_pairs"], "n_kept": s["n_kept"], "mean_r": s["mean_r"], "median_r": s["median_r"],
+           "share_r_gt_0.7": s["share_r_gt_0.7"], "share_r_gt_0.5": s["share_r_gt_0.5"],
+           "mean_decoder_cos": s.get("mean_cos"), "r_hist": s["hist_r"],
+           "correlation_seconds": s["correlation_seconds"], "assign_seconds": s["assign_seconds"]}
+    for m, v in dec.items():
+        if isinstance(v, dict):
+            out[m] = {"score": v["score"], "null_mean": v["null_mean"], "null_q99": v["null_q99"], "p_value": v["p_value"],
+                      "n_null": v["n_null"], "seconds": v["seconds"],
+                      "random_subset_mean": (v.get("random_subset") or {}).get("mean"),
+                      "random_subset_p": (v.get("random_subset") or {}).get("p_value")}
+    act = r["similarity"].get("activations", {})
+    for m, v in act.items():
+        if isinstance(v, dict):
+            out[f"activations_{m}"] = {"score": v["score"], "null_mean": v["null_mean"], "p_value": v["p_value"]}
+    return out
+
+
+def fmt(x, nd=3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def cross_md(cm: dict) -> list[str]:
+    lines = ["", "## SmolLM2 vs Gemma-3-270M at relative depths (text aligned by character offsets)", "",
+              "mean matched r (rows SmolLM2, columns Gemma; relative depth in brackets):", "",
+              "| | " + " | ".join(f"{c} ({cm['depth_gemma'][c]:.2f})" for c in cm["mean_r"]["cols"]) + " |",
+              "|---|" + "---|" * len(cm["mean_r"]["cols"])]
+    for i, row in enumerate(cm["mean_r"]["rows"]):
+        lines.append(f"| {row} ({cm['depth_smol'][row]:.2f}) | " + " | ".join(fmt(v) for v in cm["mean_r"]["values"][i]) + " |")
+    if cm.get("svcca"):
+        lines += ["", "SVCCA of paired decoders (p-value against shuffled pairings):", "",
+                  "| | " + " | ".join(cm["svcca"]["cols"]) + " |", "|---|" + "---|" * len(cm["svcca"]["cols"])]
+        for i, row in enumerate(cm["svcca"]["rows"]):
+            cells = [f"{fmt(v)} ({fmt(p, 3)})" if v is not None else "-"
+                     for v, p in zip(cm["svcca"]["values"][i], cm["svcca"]["p_values"][i], strict=True)]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "Best-matching Gemma layer per SmolLM2 layer (by mean r): " +
+              ", ".join(f"{a} ({cm['depth_smol'][a]:.2f}) -> {b} ({cm['depth_gemma'][b]:.2f})" for a, b in cm["best_by_mean_r"].items()), ""]
+    return lines
+
+
+def report_md(summary: dict) -> str:
+    lines = ["# Feature universality (saecircuits)", "",
+             f"SmolLM2-135M and Gemma-3-270M, TopK SAEs (k={summary['settings']['k']}, d_sae {summary['settings']['d_sae_smol']} / "
+             f"{summary['settings']['d_sae_gemma']}), {summary['settings']['train_tokens']:,} training tokens each; "
+             f"activation matching over {summary['settings']['match_tokens']:,} compared tokens of `{summary['settings']['text']}`; "
+             f"Hungarian matching; nulls of {summary['settings']['null']} shuffled pairings.", ""]
+    lines += ["## Same layer, different seeds; adjacent vs far layers (SmolLM2, layer 11)", "",
+              "| pair | layer distance | alive A/B | mean r | share r>0.7 | mean decoder cos | SVCCA (null mean, p) | CKA (null mean, p) | RSA (null mean, p) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for h in summary["smollm2"]:
+        def stat(m):
+            v = h.get(m)
+            return f"{v['score']:.3f} ({v['null_mean']:.3f}, {v['p_value']:.3g})" if v else "-"
+
+        lines.append(f"| {h['pair']} | {h['layer_distance']} | {h['alive_a']}/{h['alive_b']} | {fmt(h['mean_r'])} | "
+                     f"{fmt(h['share_r_gt_0.7'])} | {fmt(h['mean_decoder_cos'])} | {stat('svcca')} | {stat('cka')} | {stat('rsa')} |")
+    lines += ["", "Weight matching (folded decoders, Hungarian; no data): mean matched decoder cosine", ""]
+    for w in summary["weights"]:
+        lines.append(f"- {w['pair']}: mean cos {w['mean_cos']:.3f}, share cos > 0.7 {w['share_cos_gt_0.7']:.3f}")
+    if summary.get("cross_model"):
+        lines += cross_md(summary["cross_model"])
+    rt = summary["runtime"]
+    lines += ["## Runtime", "",
+              f"- {rt['d_sae']} x {rt['d_sae']} features over {rt['tokens']:,} tokens: correlation accumulation {rt['correlation_seconds']:.1f} s, "
+              f"Hungarian {rt['assign_seconds']:.1f} s, similarity statistics {rt['similarity_seconds']:.1f} s "
+              f"(SAE encoding {rt['encode_seconds_per_sae']:.1f} s per SAE; model forward {rt['forward_seconds']:.1f} s for the whole stream)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/universality")
+    p.add_argument("--text", default="stdlib")
+    p.add_argument("--train-tokens", type=int, default=200_000)
+    p.add_argument("--match-tokens", type=int, default=100_000)
+    p.add_argument("--d-sae-smol", type=int, default=4608)
+    p.add_argument("--d-sae-gemma", type=int, default=5120)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--null", type=int, default=1000, help="shuffled pairings per null")
+    p.add_argument("--random-subsets", type=int, default=100, help="random-subset baseline draws (SmolLM2 pairs)")
+    p.add_argument("--matrix-subsets", type=int, default=20, help="random-subset draws per cross-model cell")
+    p.add_argument("--eval-contexts", type=int, default=32)
+    p.add_argument("--wandb", default="off")
+    p.add_argument("--skip-cross", action="store_true", help="SmolLM2 only (no Gemma)")
+    a = p.parse_args()
+    out = ensure_dir(a.out)
+    t_all = time.perf_counter()
+    summary: dict = {"settings": {"text": a.text, "train_tokens": a.train_tokens, "match_tokens": a.match_tokens,
+                                  "d_sae_smol": a.d_sae_smol, "d_sae_gemma": a.d_sae_gemma, "k": a.k, "null": a.null,
+                                  "random_subsets": a.random_subsets, "matrix_subsets": a.matrix_subsets}, "seconds": {}}
+
+    # ---- SmolLM2: train, then seeds / adjacent / far layers from one matching stream
+    smol = models.load("smollm2-135m")
+    t0 = time.perf_counter()
+    tr = train_suite("smollm2-135m", smol, sae_entries(SMOL_LAYERS, a.d_sae_smol, a.k, a.lr, (SMOL_SEED_TWIN, 11, 1011)), a, out / "train_smollm2")
+    summary["seconds"]["train_smollm2"] = time.perf_counter() - t0
+    summary["train_smollm2"] = {n: {k: r.get(k) for k in ("explained_variance", "ce_loss_recovered", "l0", "dead_latents")}
+                                for n, r in tr["saes"].items()}
+    saes = load_saes(out / "train_smollm2", [*SMOL_LAYERS, SMOL_SEED_TWIN])
+    base = {"text": {"source": a.text, "context_size": 128, "seed": 1}, "tokens": a.match_tokens, "null": a.null}
+    cfg = validate(matching.MatchConfig, {**base, "random_subsets": a.random_subsets}, where="feature_universality")
+    others = [SMOL_SEED_TWIN, "L12", "L5", "L17", "L23"]
+    t0 = time.perf_counter()
+    res = matching.match_saes({"L11": saes["L11"]}, {n: saes[n] for n in others}, smol, None, cfg)
+    summary["seconds"]["match_smollm2"] = time.perf_counter() - t0
+    write_match(res, out / "match_smollm2")
+    summary["smollm2"] = []
+    for n in others:
+        h = headline(pick(res, "L11", n))
+        h["layer_distance"] = abs(SMOL_LAYERS.get(n, 11) - 11)
+        summary["smollm2"].append(h)
+    seed_pair = pick(res, "L11", SMOL_SEED_TWIN)
+    sim_seconds = sum(v["seconds"] + (v.get("random_subset") or {}).get("seconds", 0.0)
+                      for part in seed_pair["similarity"].values() for v in part.values() if isinstance(v, dict))
+    n_sae = len(res["saes"])
+    summary["runtime"] = {
+        "d_sae": a.d_sae_smol, "tokens": seed_pair["summary"]["tokens"],
+        "correlation_seconds": seed_pair["summary"]["correlation_seconds"],
+        "assign_seconds": seed_pair["summary"]["assign_seconds"], "similarity_seconds": sim_seconds,
+        "encode_seconds_per_sae": res["timing"]["encode_seconds"] / n_sae, "forward_seconds": res["timing"]["forward_seconds"],
+        "stream_seconds": res["timing"]["stream_seconds"], "pairs_in_stream": len(res["results"]),
+    }
+    summary["weights"] = []
+    for n in [SMOL_SEED_TWIN, "L12", "L17"]:
+        w = matching.weight_match(saes["L11"], saes[n])
+        write_weight_match(w, out / "weights", f"L11__{n}")
+        summary["weights"].append({"pair": f"L11 vs {n}", **{k: v for k, v in w["summary"].items() if not k.startswith("hist")}})
+
+    # ---- SmolLM2 x Gemma at relative depths, text aligned by character offsets
+    if not a.skip_cross:
+        gemma = models.load("gemma-3-270m")
+        t0 = time.perf_counter()
+        train_suite("gemma-3-270m", gemma, sae_entries(GEMMA_LAYERS, a.d_sae_gemma, a.k, a.lr, seed_base=100), a, out / "train_gemma")
+        summary["seconds"]["train_gemma"] = time.perf_counter() - t0
+        gsaes = load_saes(out / "train_gemma", list(GEMMA_LAYERS))
+        cfg_x = validate(matching.MatchConfig, {**base, "random_subsets": a.matrix_subsets, "measures": ["svcca"],
+                                                "sample_tokens": 0}, where="feature_universality")
+        t0 = time.perf_counter()
+        xres = matching.match_saes({n: saes[n] for n in CROSS_SMOL}, gsaes, smol, gemma, cfg_x)
+        summary["seconds"]["match_cross"] = time.perf_counter() - t0
+        write_match(xres, out / "match_cross", heatmaps=("mean_r", "share_r_gt_0.7", "svcca"))
+        mr = similarity_matrix(xres["results"], value="mean_r")
+        sv = similarity_matrix(xres["results"], value="svcca")
+        vals = np.array([[np.nan if v is None else v for v in row] for row in mr["values"]])
+        summary["cross_model"] = {
+            "mean_r": mr, "svcca": sv, "share_r_gt_0.7": similarity_matrix(xres["results"], value="share_r_gt_0.7"),
+            "depth_smol": {n: (SMOL_LAYERS[n] + 1) / 30 for n in CROSS_SMOL},
+            "depth_gemma": {n: (GEMMA_LAYERS[n] + 1) / 18 for n in GEMMA_LAYERS},
+            "best_by_mean_r": {row: mr["cols"][int(np.nanargmax(vals[i]))] for i, row in enumerate(mr["rows"])},
+            "aligned_tokens": xres["timing"]["tokens"], "timing": xres["timing"],
+        }
+    summary["seconds"]["total"] = time.perf_counter() - t_all
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", report_md(summary))
+    print(f"wrote {out / 'summary.json'} and {out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
