@@ -98,7 +98,8 @@ def test_text_tasks_tokenize_as_intended_on_smollm2(smollm2):
             for i in range(len(t)):  # the answer and the competitors are tokens of the prompt itself
                 row = set(t.clean[i].tolist())
                 assert int(t.answers[i]) in row and set(t.wrong[i].tolist()) <= row
-                assert len(smollm2.to_str_tokens(int(t.answers[i]))) == 1
+                word = smollm2.to_string(t.answers[i: i + 1])  # the answer word re-tokenizes to that one token
+                assert smollm2.to_tokens(word, prepend_bos=False)[0].tolist() == [int(t.answers[i])]
     ioi = tasks.ioi(smollm2, n=12)
     assert ((ioi.clean != ioi.corrupted).sum(1) == 1).all()  # ABC: only the second subject changes
     for i in range(len(ioi)):
@@ -129,3 +130,19 @@ def test_greater_than_positions_read_the_right_conditionals(smollm2):
         d1, d2 = int(t.threshold[i]) // 10, int(t.threshold[i]) % 10
         want = float(p1[d1 + 1:].sum() - p1[:d1].sum() + p1[d1] * (p2[d2 + 1:].sum() - p2[: d2 + 1].sum()))
         assert float(got[i]) == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.real_model
+def test_list_recall_sweep_reports_each_size_position_and_order(smollm2):
+    rows = tasks.list_recall_sweep(smollm2, sizes=(2, 3), n=4)
+    assert len(rows) == 2 * (2 + 3)
+    assert {(r["n_items"], r["answer_index"], r["reorder"]) for r in rows} == {
+        (n, k, o) for n in (2, 3) for k in range(n) for o in (False, True)}
+    assert all(0 <= r["clean_accuracy"] <= 1 and r["chance"] == pytest.approx(1 / r["n_items"]) for r in rows)
+    one = tasks.evaluate(smollm2, tasks.list_recall(smollm2, n=4, n_items=3, answer_index=1, reorder=True))
+    row = next(r for r in rows if (r["n_items"], r["answer_index"], r["reorder"]) == (3, 1, True))
+    assert row["clean_metric"] == pytest.approx(one["clean_metric"], abs=1e-4)  # the batched sweep slices right
+    t = tasks.list_recall(smollm2, n=4, n_items=4, answer_index=0, reorder=False)
+    for row, ans, wrong in zip(t.clean, t.answers, t.wrong):
+        ids = row.tolist()
+        assert ids.index(int(ans)) < min(ids.index(int(w)) for w in wrong)  # the answer stands first in the list

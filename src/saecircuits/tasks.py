@@ -162,7 +162,7 @@ COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink", "
           "gold"]
 COLOR_OBJECTS = ["pen", "book", "cup", "key", "phone", "mug", "ball", "hat", "bag", "box", "lamp", "plate", "bowl",
                  "shoe", "clock", "chair", "card", "coin", "sock", "toy"]
-COLOR_TEMPLATE = ("On the {SURFACE}, I see a {C0} {O0}, a {C1} {O1}, and a {C2} {O2}. "
+COLOR_TEMPLATE = ("On the {SURFACE}, I see {A0} {C0} {O0}, {A1} {C1} {O1}, and {A2} {C2} {O2}. "
                   "What color is the {OQ}? The {OQ} is")
 COLOR_SURFACES = ["table", "desk", "floor", "shelf", "counter", "bed"]
 LIST_ITEMS = ["eggs", "milk", "bread", "apples", "rice", "cheese", "butter", "sugar", "coffee", "tea", "salt",
@@ -376,6 +376,13 @@ def list_recall(model: HookedTransformer, n: int = 64, seed: int = 0, n_items: i
                 chance=1.0 / n_items, info=info)
 
 
+def _colors(cs: list[str]) -> dict[str, str]:
+    """Template fields for three colors, each with its article ("an orange", "a red")."""
+    out = {f"C{i}": c for i, c in enumerate(cs)}
+    out.update({f"A{i}": "an" if c[0] in "aeiou" else "a" for i, c in enumerate(cs)})
+    return out
+
+
 def colored_objects(model: HookedTransformer, n: int = 64, seed: int = 0) -> Task:
     """Colored objects; corrupted: the three colors replaced by three other colors."""
     rng = random.Random(seed)
@@ -390,8 +397,8 @@ def colored_objects(model: HookedTransformer, n: int = 64, seed: int = 0) -> Tas
         os_ = rng.sample(sorted(objects), 3)
         q = rng.randrange(3)
         fill = {f"O{i}": os_[i] for i in range(3)} | {"OQ": os_[q], "SURFACE": rng.choice(surfaces)}
-        clean.append(COLOR_TEMPLATE.format(**fill, **{f"C{i}": cs[i] for i in range(3)}))
-        corrupted.append(COLOR_TEMPLATE.format(**fill, **{f"C{i}": cs[3 + i] for i in range(3)}))
+        clean.append(COLOR_TEMPLATE.format(**fill, **_colors(cs[:3])))
+        corrupted.append(COLOR_TEMPLATE.format(**fill, **_colors(cs[3:])))
         groups.append(f"asks object {q}")
         ans.append((colors[cs[q]], [colors[cs[i]] for i in range(3) if i != q]))
     tc, tx, keep, info = _tokenize_pairs(model, "colored_objects", clean, corrupted, groups)
@@ -449,10 +456,15 @@ def evaluate(model: HookedTransformer, task: Task, batch_size: int = 32) -> dict
     ``can_do`` is False (and ``warning`` says why) when clean accuracy is not above chance (one-sided
     binomial test, p < 0.01) or the mean clean metric is not above the corrupted one.
     """
-    from scipy.stats import binomtest
-
     clean = task_logits(model, task.clean, task.positions, batch_size)
     corr = task_logits(model, task.corrupted, task.positions, batch_size)
+    return evaluate_logits(task, clean, corr, model.cfg.model_name)
+
+
+def evaluate_logits(task: Task, clean: torch.Tensor, corr: torch.Tensor, model_name: str = "the model") -> dict:
+    """``evaluate`` from logits already computed at the task's positions ([n, len(positions), vocab] each)."""
+    from scipy.stats import binomtest
+
     m_clean, m_corr = task.metric(clean), task.metric(corr)
     acc = task.correct(clean).float()
     k = int(acc.sum())
@@ -466,23 +478,35 @@ def evaluate(model: HookedTransformer, task: Task, batch_size: int = 32) -> dict
         "p_above_chance": p, "can_do": bool(can_do), "share_metric_positive": float((m_clean > 0).float().mean()),
     }
     if not can_do:
-        out["warning"] = (f"{model.cfg.model_name} cannot do {task.name}: clean accuracy {out['clean_accuracy']:.2f} "
+        out["warning"] = (f"{model_name} cannot do {task.name}: clean accuracy {out['clean_accuracy']:.2f} "
                           f"vs chance {task.chance:.2f} (p={p:.2g}), metric clean {out['clean_metric']:.3f} vs "
                           f"corrupted {out['corrupted_metric']:.3f}; circuit results for it mean little")
     return out
 
 
 def list_recall_sweep(model: HookedTransformer, sizes: Sequence[int] = (2, 3, 4, 5, 6), n: int = 32,
-                      seed: int = 0) -> list[dict]:
+                      seed: int = 0, batch_size: int = 32) -> list[dict]:
     """Accuracy and logit difference of list recall as the list grows, by where the answer stands,
-    with the repeated items in list order or shuffled (Merullo et al.'s order sensitivity)."""
+    with the repeated items in list order or shuffled (Merullo et al.'s order sensitivity).
+
+    Every variant of one list size has the same prompt length, so they run as one batch of prompts."""
     rows = []
     for size in sizes:
-        for reorder in (False, True):
-            for k in range(size):
-                task = list_recall(model, n=n, seed=seed, n_items=size, answer_index=k, reorder=reorder)
-                r = evaluate(model, task)
-                rows.append({"n_items": size, "answer_index": k, "reorder": reorder,
-                             **{key: r[key] for key in ("clean_accuracy", "clean_metric", "chance", "can_do")}})
+        variants = [(k, reorder) for reorder in (False, True) for k in range(size)]
+        built = [list_recall(model, n=n, seed=seed, n_items=size, answer_index=k, reorder=reorder) for k, reorder in variants]
+        lengths = {t.clean.shape[1] for t in built}
+        if len(lengths) > 1:  # tokenization made variants differ in length: run them apart
+            logits = [(task_logits(model, t.clean, t.positions, batch_size), task_logits(model, t.corrupted, t.positions, batch_size))
+                      for t in built]
+        else:
+            both = torch.cat([torch.cat([t.clean, t.corrupted]) for t in built])
+            flat = task_logits(model, both, built[0].positions, batch_size)
+            logits, i = [], 0
+            for t in built:
+                logits.append((flat[i: i + len(t)], flat[i + len(t): i + 2 * len(t)]))
+                i += 2 * len(t)
+        for (k, reorder), t, (lc, lx) in zip(variants, built, logits):
+            r = evaluate_logits(t, lc, lx, model.cfg.model_name)
+            rows.append({"n_items": size, "answer_index": k, "reorder": reorder,
+                         **{key: r[key] for key in ("clean_accuracy", "clean_metric", "chance", "can_do")}})
     return rows
-
