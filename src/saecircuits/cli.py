@@ -459,6 +459,8 @@ def layers_linearity(
     worst = min(range(len(r["r2_held_out"])), key=lambda i: r["r2_held_out"][i])
     console.print(f"held-out R^2 of one affine map per block: min {r['r2_held_out'][worst]:.3f} (block {r['layers'][worst]}), "
                   f"mean {sum(r['r2_held_out']) / len(r['r2_held_out']):.3f}")
+    if r.get("warning"):
+        console.print(f"[yellow]warning:[/yellow] {r['warning']}")
     _layers_write(out, "linearity", r)
 
 

@@ -139,7 +139,11 @@ def measure(model: HookedTransformer, cfg: LinearityConfig) -> dict:
     errs = torch.cat(err_rows)
     per_tok = (errs / torch.tensor([h.sst / h.n for h in held], dtype=torch.float64)).mean(1)  # [kept]
     labels = stream_labels(model)
+    few = n_train < 4 * (d + 1)
     return {
+        **({"warning": f"{n_train} training tokens for {d + 1} coefficients per output: the fit is close to "
+                       "interpolating, so in-sample R^2 is inflated and held-out R^2 unstable; use --tokens of at "
+                       f"least {8 * (d + 1):,}"} if few else {}),
         "analysis": "layer_linearity", "model": model.cfg.model_name, "normalize": cfg.normalize,
         "pairs": [f"{labels[s]}->{labels[s + 1]}" for s in range(n_pairs)], "layers": labels[1:],
         "train_tokens": n_train, "eval_tokens": held[0].n, "text": cfg.stream.text.model_dump(mode="json"),
