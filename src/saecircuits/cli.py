@@ -245,6 +245,34 @@ def match(
     console.print(f"written: {out} ({', '.join(sorted(written))})")
 
 
+@command
+def heads(
+    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a local HF folder | a TransformerLens hub name"),
+    out: str = typer.Option(..., "--out", help="Output folder: heads.graphml, heads.json, scores.safetensors, summary.json."),
+    top: int = typer.Option(3, "--top", min=0, help="Edges of each type kept into each receiver head (0: no limit)."),
+    min_z: float = typer.Option(None, "--min-z", help="Keep only edges with at least this z-score."),
+    min_score: float = typer.Option(None, "--min-score", help="Keep only edges with at least this composition score."),
+    rank_by: str = typer.Option("z", "--rank-by", help="z | score: what --top ranks by."),
+    null_draws: int = typer.Option(128, "--null-draws", help="Random same-spectrum senders per pair for the z-scores."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Head weight graph: Q/K/V composition of every head pair, SVD channels, z-scores against a null."""
+    from saecircuits.config import validate
+    from saecircuits.heads import HeadGraphConfig, run
+
+    cfg = validate(HeadGraphConfig, {"top_per_receiver": top or None, "min_z": min_z, "min_score": min_score,
+                                     "rank_by": rank_by, "null_draws": null_draws, "seed": seed}, where="heads")
+    s = run(model, out, cfg)
+    t = Table(title=f"{s['model']}: {s['pairs']:,} head pairs, {s['edges']:,} edges kept, {s['seconds']:.1f} s")
+    for col in ("type", "sender", "receiver", "score", "z"):
+        t.add_column(col)
+    for kind, rows in s["top_edges"].items():
+        for e in rows[:5]:
+            t.add_row(kind, e["sender"], e["receiver"], f"{e['score']:.3f}", f"{e['z']:.1f}")
+    Console().print(t)
+    console.print(f"wrote {out}")
+
+
 def print_train_summary(summary: dict, out: str) -> None:
     t = Table(title=f"{len(summary['saes'])} SAE(s), {summary['tokens']:,} tokens, {summary['tokens_per_second']:,.0f} tok/s")
     for col in ("SAE", "d_sae", "L0", "expl. var.", "dead", "CE recovered", "KL"):
