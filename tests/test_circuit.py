@@ -136,16 +136,33 @@ def test_find_and_validate_writes_the_graph_circuit_and_numbers(tmp_path):
     assert nx.node_link_graph(json.loads(paths["graph_json"].read_text()), edges="edges").number_of_nodes() == g.number_of_nodes()
 
 
-def test_circuit_command_refuses_bad_options_in_one_line(tmp_path):
+def test_circuit_command_on_a_local_grouped_query_llama(tmp_path, byte_tokenizer):
     import subprocess
     import sys
+
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from saecircuits.config import validate
     from saecircuits.errors import SaecircuitsError
 
-    out = subprocess.run([sys.executable, "-m", "saecircuits", "circuit", "--out", str(tmp_path / "o"), "--task", "nope"],
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(byte_tokenizer), max_position_embeddings=64)
+    folder = tmp_path / "tiny-llama"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    byte_tokenizer.save_pretrained(folder)
+    out = tmp_path / "circuit"
+    run = subprocess.run([sys.executable, "-m", "saecircuits", "circuit", "--model", str(folder), "--task", "induction",
+                          "--out", str(out), "--prompts", "8", "--size", "3", "--random", "3", "--no-sae-codes"],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown task 'nope'" in out.stderr and "Traceback" not in out.stderr
+    assert run.returncode == 0, run.stderr
+    assert "faithfulness" in run.stdout and "cannot do induction" in run.stdout  # a random model is flagged
+    data = json.loads((out / "results.json").read_text())
+    assert data["circuit"]["size"] == 3 and data["n_heads"] == 4 and "sae_codes" not in data
+    assert nx.read_graphml(out / "graph.graphml").number_of_nodes() >= 8
+    bad = subprocess.run([sys.executable, "-m", "saecircuits", "circuit", "--out", str(tmp_path / "o"), "--task", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "o").exists()  # refused before anything was written
     with pytest.raises(SaecircuitsError, match="field 'ablation'"):
         validate(circuit.CircuitConfig, {"ablation": "bogus"}, where="circuit")
