@@ -4,8 +4,8 @@ Reports the circuit found and its size, its faithfulness with a bootstrap CI, th
 random-circuit baseline, agreement between activation patching and the SAE-code method (and
 ablation), EAP against exact edge patching, and the time of a full single-head ablation sweep
 (every head x every prompt, batched), next to a naive loop (one full forward per head) timed on a
-few heads. ``--overlap colored_objects`` also finds the colored-objects circuit and reports the
-head overlap ("Circuit Component Reuse").
+few heads. ``--overlap colored_objects`` also finds the colored-objects circuit (as many heads as
+the IOI circuit) and reports the head overlap ("Circuit Component Reuse").
 
     nice -n 19 .venv/bin/python circuits/ioi.py                          # SmolLM2, 64 prompts
     nice -n 19 .venv/bin/python circuits/ioi.py --model gemma-3-270m
@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.overlap:
         say(f"finding the {args.overlap} circuit for the overlap")
-        other_cfg = validate(CircuitConfig, {**base, "task": args.overlap, "edges": False, "sae_codes": None},
-                             where="--overlap")
+        # the same number of heads as the IOI circuit, so the overlap compares sets of one size
+        other_cfg = validate(CircuitConfig, {**base, "task": args.overlap, "edges": False, "sae_codes": None,
+                                             "size": results["circuit"]["size"]}, where="--overlap")
         other = find_and_validate(model, None, other_cfg, progress=say)
         results["overlap"] = {"task": other["task"], "evaluation": other["evaluation"], "circuit": other["circuit"],
                               "faithfulness": other["validation"]["faithfulness"],
