@@ -2,7 +2,7 @@
 
 Reports the circuit found and its size, its faithfulness with a bootstrap CI, the knockout and the
 random-circuit baseline, agreement between activation patching and the SAE-code method (and
-ablation), EAP against exact edge patching, and the time of a full single-head ablation sweep
+ablation), EAP against exact edge patching, the weight graph (``heads``) against EAP, and the time of a full single-head ablation sweep
 (every head x every prompt, batched), next to a naive loop (one full forward per head) timed on a
 few heads. ``--overlap colored_objects`` also finds the colored-objects circuit (as many heads as
 the IOI circuit) and reports the head overlap ("Circuit Component Reuse").
@@ -93,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
                      batched_speedup=per_head / sweep["batched_seconds_per_head"])
     results["ablation_sweep_timing"] = sweep
 
+    if results.get("edge_scores") is not None:
+        say("weight graph (heads.weight_graph) against edge attribution")
+        from saecircuits.circuit import weights_vs_edges
+        from saecircuits.heads import weight_graph
+
+        t = time.perf_counter()
+        _, weight_scores = weight_graph(model)
+        results["weights_vs_edges"] = {"weight_graph_seconds": time.perf_counter() - t,
+                                       **weights_vs_edges(weight_scores, results["edge_scores"], H)}
+
     if args.overlap:
         say(f"finding the {args.overlap} circuit for the overlap")
         # the same number of heads as the IOI circuit, so the overlap compares sets of one size
@@ -112,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     if "naive_seconds_per_head" in sweep:
         lines.append(f"naive loop: {sweep['naive_seconds_per_head']:.2f} s per head vs {sweep['batched_seconds_per_head']:.2f} "
                      f"s batched ({sweep['batched_speedup']:.1f}x), timed on {len(sweep['naive_heads_timed'])} heads")
+    if "weights_vs_edges" in results:
+        w = results["weights_vs_edges"]
+        lines.append(f"weight graph ({w['weight_graph_seconds']:.1f} s) vs edge attribution, Spearman over head pairs: "
+                     + ", ".join(f"{k} {w[k]['spearman']:.3f} (top-{w[k]['top']} overlap {w[k]['top_overlap']})"
+                                 for k in "QKV" if k in w))
     if "overlap" in results:
         o = results["overlap"]
         lines.append(f"overlap with {o['task']} (circuit of {o['circuit']['size']}, can_do={o['evaluation']['can_do']}): "

@@ -224,6 +224,13 @@ def test_edges_find_the_k_composition_and_exact_patching_confirms_it(induction):
         into_k = {s: v for s, v in into_k.items() if math.isfinite(v)}
         assert max(into_k, key=into_k.get) == prev  # the previous-token head writes the keys
         assert into_k[prev] > abs(eap.edge(prev, f"{L}.{h}:q")) and into_k[prev] > abs(eap.edge(prev, f"{L}.{h}:v"))
+    # the weight graph (heads.weight_graph) and the data agree: the top K pairs are previous-token -> induction
+    from saecircuits.heads import weight_graph
+
+    _, weights = weight_graph(model)
+    agree = circuit.weights_vs_edges(weights, eap, n_heads=4, top=len(inductors))
+    assert agree["K"]["top_overlap"] == len(inductors)
+    assert agree["K"]["top_pair_weights"].startswith(prev + "->") and agree["K"]["top_pair_edges"].startswith(prev + "->")
     senders = [s for s in eap.senders if s.startswith("0.") or s == "input"]
     L, h = facts["induction_head"]
     exact = patching.patch_edges(model, task, [(s, f"{L}.{h}:k") for s in senders]).mean(1)

@@ -238,6 +238,35 @@ def build_graph(results: dict, edge_scores: EdgeScores | None, mask: torch.Tenso
     return g
 
 
+def weights_vs_edges(weight_scores: dict, edges: EdgeScores, n_heads: int, top: int = 20, key: str = "z") -> dict:
+    """Agreement of the weight graph (``heads.weight_graph`` scores: ``Q``/``K``/``V`` [sender, receiver]
+    over flat head indices, ``_z`` their null z-scores) with edge attribution between the same heads,
+    per composition kind: Spearman over every head pair, and the overlap of the ``top`` pairs."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for kind in ("Q", "K", "V"):
+        w = weight_scores[f"{kind}_z" if key == "z" else kind]
+        names = [head_name(i // n_heads, i % n_heads) for i in range(w.shape[0])]
+        s_idx = torch.tensor([edges.senders.index(n) for n in names])
+        r_idx = torch.tensor([edges.receivers.index(f"{n}:{kind.lower()}") for n in names])
+        data = edges.scores[s_idx][:, r_idx].abs()  # [sender head, receiver head]
+        ok = torch.isfinite(w) & torch.isfinite(data)
+        if int(ok.sum()) < 3:
+            continue
+        a, b = w[ok].double(), data[ok].double()
+        k = min(top, len(a))
+        pairs = ok.nonzero()
+        top_w = {tuple(p) for p in pairs[a.argsort(descending=True)[:k]].tolist()}
+        top_d = {tuple(p) for p in pairs[b.argsort(descending=True)[:k]].tolist()}
+        best_w, best_d = pairs[a.argmax()].tolist(), pairs[b.argmax()].tolist()
+        out[kind] = {"spearman": float(spearmanr(a.numpy(), b.numpy()).statistic), "pairs": len(a), "top": k,
+                     "top_overlap": len(top_w & top_d),
+                     "top_pair_weights": f"{names[best_w[0]]}->{names[best_w[1]]}",
+                     "top_pair_edges": f"{names[best_d[0]]}->{names[best_d[1]]}"}
+    return out
+
+
 def head_overlap(a: list[str], b: list[str], n_heads_total: int) -> dict:
     """Overlap of two circuits' heads: shared heads, Jaccard, overlap coefficient |A&B| / min(|A|, |B|),
     and the hypergeometric chance of sharing at least as many heads at random."""
