@@ -117,6 +117,18 @@ def test_null_z_scores_are_standard_for_a_random_model(byte_tokenizer):
         assert (z.abs() > 4).float().mean() < 0.01
 
 
+def test_z_senders_standardise_each_receiver_against_its_senders(gqa_model):
+    scores = composition_scores(HeadCircuits.from_model(gqa_model), null_draws=8)
+    for kind in KINDS:
+        for r in range(4, 12):
+            col = scores[kind][:, r]
+            ok = ~col.isnan()
+            assert ok.sum() == (4 if r < 8 else 8)
+            want = (col[ok] - col[ok].mean()) / col[ok].std()
+            torch.testing.assert_close(scores[f"{kind}_z_senders"][ok, r], want)
+            assert scores[f"{kind}_z_senders"][~ok, r].isnan().all()
+
+
 def test_induction_model_previous_token_to_induction_k_edge_ranks_first(induction_model):
     model, facts = induction_model
     prev, ind = head_name(*facts["prev_token_head"]), head_name(*facts["induction_head"])
@@ -138,11 +150,16 @@ def test_selection_thresholds_and_top_n(gqa_model):
     full, scores = weight_graph(gqa_model, HeadGraphConfig(null_draws=16, top_per_receiver=None))
     assert full.number_of_edges() == int((~scores["Q"].isnan()).sum())  # every causal pair, nothing else
     assert all(graph_layer(full, s) < graph_layer(full, r) for s, r in full.edges)
-    top1, _ = weight_graph(gqa_model, HeadGraphConfig(null_draws=16, top_per_receiver=1))
-    for node in top1:
-        if top1.nodes[node]["layer"] > 0:
-            kinds = [k for _, _, d in top1.in_edges(node, data=True) for k in d["types"].split(",")]
-            assert sorted(kinds) == ["K", "Q", "V"]  # exactly one edge of each kind into each receiver
+    for rank_by in ("z", "z_senders", "score"):
+        top1, _ = weight_graph(gqa_model, HeadGraphConfig(null_draws=16, top_per_receiver=1, rank_by=rank_by))
+        for node in top1:
+            if top1.nodes[node]["layer"] > 0:
+                into = [(k, s, d) for s, _, d in top1.in_edges(node, data=True) for k in d["types"].split(",")]
+                assert sorted(k for k, _, _ in into) == ["K", "Q", "V"]  # one edge of each kind into each receiver
+                receiver = top1.nodes[node]["layer"] * 4 + top1.nodes[node]["head"]
+                for kind, sender, _ in into:  # and it is that kind's best sender by the ranking
+                    column = scores[kind if rank_by == "score" else f"{kind}_{rank_by}"][:, receiver]
+                    assert head_name(*divmod(int(column.nan_to_num(-1e9).argmax()), 4)) == sender
     strong, _ = weight_graph(gqa_model, HeadGraphConfig(null_draws=16, top_per_receiver=None, min_z=1.0))
     for _, _, d in strong.edges(data=True):
         assert all(d[f"{k}_z"] >= 1.0 for k in d["types"].split(","))

@@ -252,7 +252,7 @@ def heads(
     top: int = typer.Option(3, "--top", min=0, help="Edges of each type kept into each receiver head (0: no limit)."),
     min_z: float = typer.Option(None, "--min-z", help="Keep only edges with at least this z-score."),
     min_score: float = typer.Option(None, "--min-score", help="Keep only edges with at least this composition score."),
-    rank_by: str = typer.Option("z", "--rank-by", help="z | score: what --top ranks by."),
+    rank_by: str = typer.Option("z", "--rank-by", help="z (same-spectrum null) | z_senders (vs the receiver's other senders) | score: what --top ranks by."),
     null_draws: int = typer.Option(128, "--null-draws", help="Random same-spectrum senders per pair for the z-scores."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:

@@ -56,7 +56,7 @@ class HeadGraphConfig(Config):
     top_per_receiver: int | None = Field(3, ge=1, description="keep the n best edges of each type into each receiver (None: no limit)")
     min_z: float | None = Field(None, description="keep only edges with z-score at least this")
     min_score: float | None = Field(None, ge=0, le=1, description="keep only edges with composition score at least this")
-    rank_by: Literal["z", "score"] = "z"
+    rank_by: Literal["z", "z_senders", "score"] = Field("z", description="what top_per_receiver ranks by")
     null_draws: int = Field(128, ge=2, le=1024, description="random same-spectrum senders per pair for the z-scores")
     top_channels: int = Field(3, ge=1, description="channels listed on each edge")
     seed: int = 0
@@ -146,16 +146,19 @@ def receiver_reads(w: HeadWeights, r_out: torch.Tensor | None = None) -> dict[st
 def sender_channels(w: HeadWeights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SVD of every head's OV circuit: ``OV = W_V W_O = U diag(S) V^T`` (TransformerLens's ``model.OV``).
 
-    With ``W_V = Q_v R_v`` and ``W_O^T = Q_o R_o``: ``OV = Q_v (R_v R_o^T) Q_o^T``, so one small SVD of
-    ``R_v R_o^T`` per head gives it (what ``FactoredMatrix.svd`` does, without its two large SVDs).
+    With ``W_V = Q_v R_v`` and ``W_O^T = Q_o R_o``: ``OV = Q_v (R_v R_o^T) Q_o^T``, so one small
+    d_head x d_head decomposition per head gives it (what ``FactoredMatrix.svd`` computes, without its
+    two large SVDs; about 10x faster here).
     Returns S [L, H, r] (descending), V [L, H, d_model, r] (write directions, orthonormal columns),
     and R of ``W_O^T`` (reused by ``receiver_reads``); r = min(d_head, d_model).
     """
     r_v = _qr(w.W_V).R[:, w.kv_index()]
     q_o, r_o = _qr(w.W_O.transpose(-1, -2), mode="reduced")
-    with one_thread():
-        _, S, Vh = torch.linalg.svd(r_v @ r_o.transpose(-1, -2))
-    return S, q_o @ Vh.transpose(-1, -2), r_o
+    middle = r_v @ r_o.transpose(-1, -2)
+    with one_thread():  # eigh of M^T M = V S^2 V^T: half the time of an SVD of M
+        s2, vm = torch.linalg.eigh(middle.transpose(-1, -2) @ middle)
+    S, vm = s2.flip(-1).clamp(min=0).sqrt(), vm.flip(-1)
+    return S, q_o @ vm, r_o
 
 
 @dataclass
@@ -229,8 +232,12 @@ def composition_scores(circuits: HeadCircuits, null_draws: int = 128, seed: int 
     ``s_i^2 sum_j sigma_j(A_r)^2 Vr[j, i]^2`` (rotation invariance), so every draw for every pair
     costs a few multiply-adds.
 
+    A second, empirical null: ``{kind}_z_senders`` standardises each score against the scores of all
+    real senders (earlier layers) into the same receiver: which senders stand out for this receiver,
+    where the same-spectrum null says how far each is from chance.
+
     Returns tensors: ``{kind}`` [N, N] (sender, receiver), NaN unless the sender's layer is earlier;
-    ``{kind}_z``, ``{kind}_null_mean``, ``{kind}_null_std`` [N, N]; ``singular_values`` [N, r];
+    ``{kind}_z``, ``{kind}_null_mean``, ``{kind}_null_std``, ``{kind}_z_senders`` [N, N]; ``singular_values`` [N, r];
     ``ov_norm``, ``qk_norm`` [N]; ``layer``, ``head``, ``kv_group`` [N].
     """
     c = circuits
@@ -260,7 +267,18 @@ def composition_scores(circuits: HeadCircuits, null_draws: int = 128, seed: int 
         out[f"{kind}_z"] = torch.where(causal, (score - mean) / std.clamp(min=1e-12), nan)
         out[f"{kind}_null_mean"] = torch.where(causal, mean, nan)
         out[f"{kind}_null_std"] = torch.where(causal, std, nan)
+        # empirical null ("shuffled heads"): this sender against all real senders into the same receiver
+        real = out[kind]
+        mean_r, std_r = real.nanmean(0, keepdim=True), _nanstd(real, 0)
+        out[f"{kind}_z_senders"] = (real - mean_r) / std_r.clamp(min=1e-12)
     return out
+
+
+def _nanstd(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sample standard deviation ignoring NaNs (NaN where fewer than two values)."""
+    n = (~x.isnan()).sum(dim, keepdim=True)
+    dev = (x - x.nanmean(dim, keepdim=True)).nan_to_num(0.0).square().sum(dim, keepdim=True)
+    return torch.where(n > 1, (dev / (n - 1).clamp(min=1)).sqrt(), torch.tensor(float("nan")))
 
 
 def edge_channels(circuits: HeadCircuits, kind: str, senders: torch.Tensor, receivers: torch.Tensor) -> torch.Tensor:
@@ -291,13 +309,17 @@ def select_edges(scores: dict[str, torch.Tensor], cfg: HeadGraphConfig) -> dict[
         if cfg.min_z is not None:
             mask &= z >= cfg.min_z
         if cfg.top_per_receiver is not None:
-            key = torch.where(mask, z if cfg.rank_by == "z" else score, torch.tensor(-math.inf))
+            key = torch.where(mask, _rank_value(scores, kind, cfg.rank_by).nan_to_num(-math.inf), torch.tensor(-math.inf))
             n = min(cfg.top_per_receiver, key.shape[0])
             best = torch.zeros_like(mask)
             best.scatter_(0, key.topk(n, dim=0).indices, True)
             mask &= best
         keep[kind] = mask
     return keep
+
+
+def _rank_value(scores: dict[str, torch.Tensor], kind: str, rank_by: str) -> torch.Tensor:
+    return scores[kind] if rank_by == "score" else scores[f"{kind}_{rank_by}"]
 
 
 def add_edge_channels(circuits: HeadCircuits, scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]) -> None:
@@ -315,10 +337,11 @@ def build_graph(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], 
     """A DiGraph over heads ``L.H``: node attributes layer, head, kv_group, ov_norm, qk_norm; one edge
     per (sender, receiver) pair kept for at least one kind (``scores`` must hold the edge channels).
 
-    Edge attributes: ``type`` (the kept kind ranking highest), its ``score``, ``z`` and ``channels``
-    (the top ``cfg.top_channels`` as {channel, share, singular_value}; channel 0 has the largest
-    singular value); ``types`` (all kept kinds, best first, comma-joined); for every kind
-    ``{kind}_score`` and ``{kind}_z`` (kept or not), and ``{kind}_channels`` for each kept kind.
+    Edge attributes: ``type`` (the kept kind ranking highest by ``cfg.rank_by``), its ``score``, ``z``,
+    ``z_senders`` and ``channels`` (the top ``cfg.top_channels`` as {channel, share, singular_value};
+    channel 0 has the largest singular value); ``types`` (all kept kinds, best first, comma-joined);
+    for every kind ``{kind}_score``, ``{kind}_z``, ``{kind}_z_senders`` (kept or not), and
+    ``{kind}_channels`` for each kept kind.
     """
     g = nx.DiGraph(model=model_name, null_draws=cfg.null_draws, rank_by=cfg.rank_by,
                    weights="folded norms (fold_ln); query/key norm scales folded; biases and rotary left out")
@@ -333,18 +356,19 @@ def build_graph(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], 
         share, idx = scores[f"{kind}_edge_channels"].topk(min(cfg.top_channels, sv.shape[1]), dim=-1)
         for (s, r), f, i in zip(scores[f"{kind}_edges"].tolist(), share.tolist(), idx.tolist()):
             channels[s, r, kind] = [{"channel": c, "share": x, "singular_value": float(sv[s, c])} for c, x in zip(i, f)]
-    key = "z" if cfg.rank_by == "z" else "score"
+    key = "score" if cfg.rank_by == "score" else cfg.rank_by
     for s, r in torch.stack([keep[k] for k in KINDS]).any(0).nonzero().tolist():
         attrs: dict = {}
         for kind in KINDS:
             attrs[f"{kind}_score"] = float(scores[kind][s, r])
             attrs[f"{kind}_z"] = float(scores[f"{kind}_z"][s, r])
+            attrs[f"{kind}_z_senders"] = float(scores[f"{kind}_z_senders"][s, r])
         kept = sorted((k for k in KINDS if keep[k][s, r]), key=lambda k: -attrs[f"{k}_{key}"])
         for kind in kept:
             attrs[f"{kind}_channels"] = channels[s, r, kind]
         best = kept[0]
         g.add_edge(names[s], names[r], type=best, types=",".join(kept), score=attrs[f"{best}_score"],
-                   z=attrs[f"{best}_z"], channels=channels[s, r, best], **attrs)
+                   z=attrs[f"{best}_z"], z_senders=attrs[f"{best}_z_senders"], channels=channels[s, r, best], **attrs)
     return g
 
 
