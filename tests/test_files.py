@@ -52,3 +52,17 @@ def test_corrupt_json(tmp_path):
     p.write_text("{not json")
     with pytest.raises(SaecircuitsError, match="not valid JSON"):
         read_json(p)
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    import os
+    import stat
+
+    from saecircuits.files import write_json
+
+    old = os.umask(0o022)
+    try:
+        p = write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
