@@ -60,9 +60,7 @@ def test_written_files_get_the_usual_mode(tmp_path):
 
     from saecircuits.files import write_json
 
-    old = os.umask(0o022)
-    try:
-        p = write_json(tmp_path / "a.json", {"x": 1})
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    from saecircuits import files
+
+    p = write_json(tmp_path / "a.json", {"x": 1})
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~files._UMASK != 0o600

@@ -33,10 +33,13 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: done once, at import, before any threads
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -63,7 +66,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     except OSError as e:
