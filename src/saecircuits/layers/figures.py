@@ -50,7 +50,7 @@ def _x(labels: list) -> tuple[list[int], list[str]]:
 def _ticks(ax, labels: list) -> None:
     xs, names = _x(labels)
     step = max(1, len(xs) // 12)
-    ax.set_xticks(xs[::step], names[::step], fontsize=8)
+    ax.set_xticks(xs[::step], names[::step], fontsize=8, rotation=45 if names and names[0] == "embed" else 0)
 
 
 def _title(r: dict, what: str) -> str:
@@ -58,7 +58,7 @@ def _title(r: dict, what: str) -> str:
 
 
 def lens(r: dict):
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"wspace": 0.45})
     xs, _ = _x(r["layers"])
     bl = r["by_layer"]
     a.plot(xs, [max(p, 1e-30) for p in bl["mean_prob"]], marker="o", ms=3, label="mean P(answer)")
@@ -67,7 +67,7 @@ def lens(r: dict):
     t = a.twinx()
     t.plot(xs, bl["top1_fraction"], color="C1", marker="s", ms=3, label="answer is top-1")
     t.set_ylim(-0.02, 1.02)
-    t.set_ylabel("fraction of prompts with the answer top-1", color="C1")
+    t.set_ylabel("share of prompts: answer top-1", color="C1")
     a.set_xlabel("depth (residual after block)")
     _ticks(a, r["layers"])
     a.set_title(_title(r, r["analysis"].replace("_", " ") + " at the last position"))
