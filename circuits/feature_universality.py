@@ -11,7 +11,8 @@ The SmolLM2 layers 5, 11, 17, 23 and the Gemma layers 3, 6, 10, 13 sit at relati
 (Hungarian on the feature x feature correlation over the same text) with SVCCA / RSA / CKA of the
 paired decoders against shuffled-pairing nulls:
 
-    seeds     L11 seed 0 vs L11 seed 1: distribution of matched r, share with r > 0.7, SVCCA vs null
+    seeds     L11 vs L11 with another seed: distribution of matched r, share with r > 0.7, SVCCA vs null;
+              baseline: L11 vs an untrained SAE on layer 11 (what matching finds by chance)
     layers    L11 vs L12 (adjacent) and L11 vs L5, L17, L23 (far); also weight matching (decoder cosine)
     models    SmolLM2 {5, 11, 17, 23} x Gemma {3, 6, 10, 13}, text aligned by character offsets:
               mean r and SVCCA matrices, and the best-matching Gemma layer for each SmolLM2 layer
@@ -35,11 +36,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from saecircuits import matching, models
 from saecircuits.config import validate
 from saecircuits.files import ensure_dir, read_json, write_text
 from saecircuits.match_outputs import write_json, write_match, write_weight_match
+from saecircuits.sae import build
 from saecircuits.sae import format as sae_format
 from saecircuits.similarity import similarity_matrix
 from saecircuits.training import TrainConfig, train
@@ -48,6 +51,16 @@ SMOL_LAYERS = {"L5": 5, "L11": 11, "L12": 12, "L17": 17, "L23": 23}
 SMOL_SEED_TWIN = "L11s1"  # layer 11 again, another initialisation seed (same data order)
 GEMMA_LAYERS = {"G3": 3, "G6": 6, "G10": 10, "G13": 13}
 CROSS_SMOL = ("L5", "L11", "L17", "L23")
+RANDOM_BASELINE = "L11rand"  # an untrained SAE on layer 11: the matched r that chance and shared input structure give
+
+
+def untrained_like(sae, seed: int):
+    """A TopK SAE of the same shape and site at its random initialisation (tied encoder, the trained b_dec)."""
+    rnd = build(sae.cfg.model_copy(update={"seed": seed}), sae.d_in).eval()
+    with torch.no_grad():
+        rnd.b_dec.copy_(sae.b_dec)
+    rnd.metadata = {}
+    return rnd
 
 
 def train_suite(model_name: str, model, saes: list[dict], args, out: Path) -> dict:
@@ -152,11 +165,14 @@ def report_md(summary: dict) -> str:
             v = h.get(m)
             return f"{v['score']:.3f} ({v['null_mean']:.3f}, {v['p_value']:.3g})" if v else "-"
 
-        lines.append(f"| {h['pair']} | {h['layer_distance']} | {h['alive_a']}/{h['alive_b']} | {fmt(h['mean_r'])} | "
+        lines.append(f"| {h['pair']}{' (untrained SAE: baseline)' if h.get('baseline') else ''} | {h['layer_distance']} | {h['alive_a']}/{h['alive_b']} | {fmt(h['mean_r'])} | "
                      f"{fmt(h['share_r_gt_0.7'])} | {fmt(h['mean_decoder_cos'])} | {stat('svcca')} | {stat('cka')} | {stat('rsa')} |")
-    lines += ["", "Weight matching (folded decoders, Hungarian; no data): mean matched decoder cosine", ""]
+    lines += ["", "Weight matching (SAE Match: Hungarian on folded decoders; unit scale, or each feature's mean "
+              "activation when firing folded in): mean matched decoder cosine, and the share of features the weight "
+              "matching pairs as the activation matching does", ""]
     for w in summary["weights"]:
-        lines.append(f"- {w['pair']}: mean cos {w['mean_cos']:.3f}, share cos > 0.7 {w['share_cos_gt_0.7']:.3f}")
+        lines.append(f"- {w['pair']} ({w['folding']}): mean cos {w['mean_cos']:.3f}, share cos > 0.7 {w['share_cos_gt_0.7']:.3f}, "
+                     f"agrees with activation matching {w['agrees_with_activation_matching']:.3f}")
     if summary.get("cross_model"):
         lines += cross_md(summary["cross_model"])
     rt = summary["runtime"]
@@ -198,9 +214,10 @@ def main() -> None:
     summary["train_smollm2"] = {n: {k: r.get(k) for k in ("explained_variance", "ce_loss_recovered", "l0", "dead_latents")}
                                 for n, r in tr["saes"].items()}
     saes = load_saes(out / "train_smollm2", [*SMOL_LAYERS, SMOL_SEED_TWIN])
+    saes[RANDOM_BASELINE] = untrained_like(saes["L11"], seed=2024)
     base = {"text": {"source": a.text, "context_size": 128, "seed": 1}, "tokens": a.match_tokens, "null": a.null}
     cfg = validate(matching.MatchConfig, {**base, "random_subsets": a.random_subsets}, where="feature_universality")
-    others = [SMOL_SEED_TWIN, "L12", "L5", "L17", "L23"]
+    others = [SMOL_SEED_TWIN, "L12", "L5", "L17", "L23", RANDOM_BASELINE]
     t0 = time.perf_counter()
     res = matching.match_saes({"L11": saes["L11"]}, {n: saes[n] for n in others}, smol, None, cfg)
     summary["seconds"]["match_smollm2"] = time.perf_counter() - t0
@@ -209,6 +226,7 @@ def main() -> None:
     for n in others:
         h = headline(pick(res, "L11", n))
         h["layer_distance"] = abs(SMOL_LAYERS.get(n, 11) - 11)
+        h["baseline"] = n == RANDOM_BASELINE
         summary["smollm2"].append(h)
     seed_pair = pick(res, "L11", SMOL_SEED_TWIN)
     sim_seconds = sum(v["seconds"] + (v.get("random_subset") or {}).get("seconds", 0.0)
@@ -222,10 +240,16 @@ def main() -> None:
         "stream_seconds": res["timing"]["stream_seconds"], "pairs_in_stream": len(res["results"]),
     }
     summary["weights"] = []
+    scale = {n: torch.tensor(info["mean_active"]) for n, info in res["saes"].items()}
     for n in [SMOL_SEED_TWIN, "L12", "L17"]:
-        w = matching.weight_match(saes["L11"], saes[n])
-        write_weight_match(w, out / "weights", f"L11__{n}")
-        summary["weights"].append({"pair": f"L11 vs {n}", **{k: v for k, v in w["summary"].items() if not k.startswith("hist")}})
+        for folding, sa, sb in (("unit", None, None), ("activation_scale", scale["L11"], scale[n])):
+            w = matching.weight_match(saes["L11"], saes[n], scale_a=sa, scale_b=sb)
+            write_weight_match(w, out / "weights", f"L11__{n}__{folding}")
+            # agreement of the weight matching with the activation matching of the same pair
+            act = {p["a"]: p["b"] for p in pick(res, "L11", n)["pairs"]}
+            agree = float(np.mean([act.get(p["a"]) == p["b"] for p in w["pairs"]]))
+            summary["weights"].append({"pair": f"L11 vs {n}", "folding": folding, "agrees_with_activation_matching": agree,
+                                       **{k: v for k, v in w["summary"].items() if not k.startswith("hist")}})
 
     # ---- SmolLM2 x Gemma at relative depths, text aligned by character offsets
     if not a.skip_cross:

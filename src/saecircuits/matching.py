@@ -869,7 +869,9 @@ def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAut
         "same_model": same,
         "saes": {n: {"side": e.side, "hook": e.sae.cfg.hook, "d_sae": e.sae.d_sae, "architecture": e.sae.architecture,
                      "alive": int((e.stats.fires >= cfg.min_fires).sum()), "compared_tokens": e.stats.rows,
-                     "fires_special_share": float(e.stats.fires_special.sum() / max(int((e.stats.fires + e.stats.fires_special).sum()), 1))}
+                     "fires_special_share": float(e.stats.fires_special.sum() / max(int((e.stats.fires + e.stats.fires_special).sum()), 1)),
+                     # per-feature mean activation when firing: the activation scale SAE Match folds into a TopK decoder
+                     "mean_active": e.stats.mean_active().float().tolist()}
                  for n, e in matcher.entries.items()},
         "timing": {"stream_seconds": stream_seconds, "encode_seconds": matcher.encode_seconds, "correlation_seconds": corr,
                    "forward_seconds": stream_seconds - matcher.encode_seconds - corr,
