@@ -114,6 +114,7 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> dict:
 def markdown(results: list[dict], args: argparse.Namespace) -> str:
     lines = ["# Layer analysis", "", f"Text: {args.text}, {args.tokens:,} tokens (skip: {args.skip_tokens:,} per "
              f"intervention), IOI prompts: {args.n_prompts}, probe texts per class: {args.n_per_class}.", "",
+             "Halves: mean (median) over the layers of each half.", "",
              "| model | block rel. norm 1st / 2nd half | skip KL 1st / 2nd half | IOI first top-1 (median) | "
              "canonical first / stable top-1 | code-vs-prose probe best (depth) | IOI clean-vs-corrupted probe best (depth) "
              "| min held-out R^2 |",
@@ -125,8 +126,9 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
         pr = r["probes"]
         cp, ti = pr.get("code-vs-prose", {}), pr.get("task:ioi", {})
         lines.append(
-            f"| {r['model']} | {h['first_half']:.3f} / {h['second_half']:.3f} | {sk['skip_kl_first_half']:.3f} / "
-            f"{sk['skip_kl_second_half']:.3f} | {ioi.get('median_label')} ({ioi.get('n')}/{ioi.get('of')}) | "
+            f"| {r['model']} | {h['first_half']:.3f} ({h['first_half_median']:.3f}) / {h['second_half']:.3f} "
+            f"({h['second_half_median']:.3f}) | {sk['skip_kl_first_half']:.3f} ({sk['skip_kl_first_half_median']:.3f}) / "
+            f"{sk['skip_kl_second_half']:.3f} ({sk['skip_kl_second_half_median']:.3f}) | {ioi.get('median_label')} ({ioi.get('n')}/{ioi.get('of')}) | "
             f"{r['lens_canonical']['first_top1']} / {r['lens_canonical']['stable_top1']} | "
             f"{cp.get('best_accuracy', float('nan')):.3f} ({cp.get('concept_depth')}) | "
             f"{ti.get('best_accuracy', float('nan')):.3f} ({ti.get('concept_depth')}) | {min(r['linearity']['r2_held_out']):.3f} |")

@@ -59,7 +59,8 @@ def measure(model: HookedTransformer, cfg: StreamConfig) -> dict:
 
     def halves(m: str) -> dict:
         v = sums[m] / max(count, 1)
-        return {"first_half": float(v[first].mean()), "second_half": float(v[second].mean())}
+        return {"first_half": float(v[first].mean()), "second_half": float(v[second].mean()),
+                "first_half_median": float(v[first].median()), "second_half_median": float(v[second].median())}
 
     return {
         "analysis": "sublayer_contributions", "model": model.cfg.model_name, "layers": list(range(n)),

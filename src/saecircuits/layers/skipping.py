@@ -161,6 +161,9 @@ def measure(model: HookedTransformer, cfg: SkipConfig) -> dict:
     def mean_kl(rs: list[dict]) -> float | None:
         return sum(r["kl"] for r in rs) / len(rs) if rs else None
 
+    def median_kl(rs: list[dict]) -> float | None:
+        return float(torch.tensor([r["kl"] for r in rs]).median()) if rs else None
+
     return {
         "analysis": "layer_skipping", "model": model.cfg.model_name, "layers": labels, "tokens": n_tok,
         "text": cfg.stream.text.model_dump(mode="json"),
@@ -169,5 +172,7 @@ def measure(model: HookedTransformer, cfg: SkipConfig) -> dict:
         "halves": {
             "skip_kl_first_half": mean_kl([r for r in skips if r["layers"][0] < half]),
             "skip_kl_second_half": mean_kl([r for r in skips if r["layers"][0] >= half]),
+            "skip_kl_first_half_median": median_kl([r for r in skips if r["layers"][0] < half]),
+            "skip_kl_second_half_median": median_kl([r for r in skips if r["layers"][0] >= half]),
         },
     }
