@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from saecircuits import alignment, matching
+from saecircuits.errors import SaecircuitsError
 from saecircuits.sae import SAEConfig, build
 
 # ------------------------------------------------------------------ helpers
@@ -484,3 +485,21 @@ def test_cli_activation_matching_on_smollm2(tmp_path):
     assert res["models"]["a"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and res["same_model"]
     assert res["results"][0]["summary"]["tokens"] == 1500
     assert Path(tmp_path / "m" / "pairs" / "a__b" / "table.csv").exists()
+
+
+def test_pairs_within_one_suite_share_names_across_sides(tiny_model):
+    """One suite on both sides (layer x layer within one model): the same SAE under the same name on both
+    sides is encoded once, and matching it with another SAE equals the two-name form; a name that means
+    two different SAEs is refused."""
+    from saecircuits.text import TextConfig
+
+    sae, cp, perm = _tiny_pair(tiny_model)
+    cfg = matching.MatchConfig(text=TextConfig(source="stdlib", context_size=32), tokens=1000, batch_contexts=8,
+                               null=0, random_subsets=0, sample_tokens=0)
+    suite = {"L1": sae, "L1b": cp}
+    within = matching.match_saes(suite, suite, tiny_model, None, cfg, pairs=[("L1", "L1b")], progress=False)
+    apart = matching.match_saes({"L1": sae}, {"L1b": cp}, tiny_model, None, cfg, progress=False)
+    assert [(p["a"], p["b"], p["r"]) for p in within["results"][0]["pairs"]] == \
+           [(p["a"], p["b"], p["r"]) for p in apart["results"][0]["pairs"]]
+    with pytest.raises(SaecircuitsError, match="must differ"):
+        matching.match_saes({"X": sae}, {"X": cp}, tiny_model, None, cfg, progress=False)

@@ -187,25 +187,38 @@ def train(
 
 @command
 def demo(
-    out: str = typer.Option("runs/demo", "--out", help="Output folder (reused on a rerun: finished stages are skipped)."),
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
-    text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
-    layers: str = typer.Option("3,6,9", "--layers", help="Comma-separated residual-stream layers for SAEs."),
-    tokens: int = typer.Option(200_000, "--tokens", help="Training tokens per SAE."),
-    wandb: str = typer.Option("auto", "--wandb", help="auto | online | offline | off"),
+    out: str = typer.Option(None, "--out", help="Output folder (default runs/demo; reused on a rerun: finished stages are skipped)."),
+    model: str = typer.Option(None, "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    text: str = typer.Option(None, "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
+    layers: str = typer.Option(None, "--layers", help="Comma-separated residual-stream layers for SAEs (default 3,6,9)."),
+    tokens: int = typer.Option(None, "--tokens", help="Training tokens per SAE (default 200,000)."),
+    wandb: str = typer.Option(None, "--wandb", help="auto | online | offline | off"),
+    config: Path = typer.Option(None, "--config", help="A YAML file of demo settings (see saecircuits.demo.DemoConfig)."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes everywhere: checks the whole flow in a few minutes."),
 ) -> None:
     """The main job on the embedded default model: the whole flow under one output folder."""
-    from saecircuits.config import validate
-    from saecircuits.demo import DemoConfig, run
+    from saecircuits.config import read_yaml, validate
+    from saecircuits.demo import QUICK, DemoConfig, run
 
-    try:
-        layer_list = [int(x) for x in layers.split(",") if x.strip()]
-    except ValueError:
-        raise SaecircuitsError(f"--layers must be comma-separated integers, got '{layers}'") from None
-    cfg = validate(DemoConfig, {"out": out, "model": model, "text": text, "layers": layer_list, "tokens": tokens,
-                                "wandb": {"mode": wandb}}, where="demo")
+    data = read_yaml(config) if config else {}
+    if not isinstance(data, dict):
+        raise SaecircuitsError(f"{config}: expected a mapping of demo settings, got {type(data).__name__}")
+    if quick:
+        data = {**QUICK, **data}
+    if layers is not None:
+        try:
+            data["layers"] = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            raise SaecircuitsError(f"--layers must be comma-separated integers, got '{layers}'") from None
+    given = {"out": out, "model": model, "text": text, "tokens": tokens}
+    data.update({k: v for k, v in given.items() if v is not None})
+    if wandb is not None:
+        data["wandb"] = {**data.get("wandb", {}), "mode": wandb}
+    cfg = validate(DemoConfig, data, where=str(config) if config else "demo")
     results = run(cfg)
-    print_train_summary(results["train"], str(Path(out) / "train"))
+    print_train_summary(results["train"], str(Path(cfg.out) / "train"))
+    for line in results.get("closing", []):
+        console.print(line)
 
 
 @command

@@ -597,12 +597,15 @@ class ActivationMatcher:
                  pairs: list[tuple[str, str]] | None = None, top_m: int = 20, sample_tokens: int = 0,
                  classes: dict[str, TokenClasses] | None = None, drop_outlier_norm: float | None = None,
                  limit: int | None = None):
-        if set(saes_a) & set(saes_b):
-            raise SaecircuitsError(f"SAE names must differ between the two sides: {sorted(set(saes_a) & set(saes_b))}")
+        clash = sorted(n for n in set(saes_a) & set(saes_b) if saes_a[n] is not saes_b[n])
+        if clash:
+            raise SaecircuitsError(f"SAE names must differ between the two sides: {clash}",
+                                   "the same name on both sides is allowed only for the same SAE (pairs within one suite)")
         self.entries: dict[str, Entry] = {}
         for side, saes in zip(SIDES, (saes_a, saes_b), strict=True):
             for name, sae in saes.items():
-                self.entries[name] = Entry(name, side, sae, sae.cfg.hook, FeatureStats(sae.d_sae, top_m))
+                if name not in self.entries:  # an SAE on both sides (one suite, one model) is encoded once
+                    self.entries[name] = Entry(name, side, sae, sae.cfg.hook, FeatureStats(sae.d_sae, top_m))
         self.pairs = pairs if pairs is not None else [(a, b) for a in saes_a for b in saes_b]
         if not self.pairs:
             raise SaecircuitsError("nothing to match: no (A, B) pair of SAEs")

@@ -75,11 +75,13 @@ class DashboardConfig(Config):
 
 def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_source: str = "stdlib",
                      out_dir: str | Path = "runs/dashboards", n_tokens: int = 100_000, *, wandb: str = "auto",
-                     restart: bool = False, progress: bool = True, loaded_model=None, **settings) -> dict:
+                     restart: bool = False, progress: bool = True, loaded_model=None, wandb_run: Run | None = None,
+                     **settings) -> dict:
     """Dashboards for every feature of the SAE in ``sae_dir``; returns the run summary.
 
     ``settings`` are further ``DashboardConfig`` fields (e.g. ``top_k=10``, ``text={...}``);
-    ``loaded_model`` skips loading ``model`` by name. A rerun resumes from the checkpoint in
+    ``loaded_model`` skips loading ``model`` by name; ``wandb_run`` logs into that W&B run (left open) under
+    the SAE's name instead of starting one. A rerun resumes from the checkpoint in
     ``out_dir`` (``restart=True`` discards it).
     """
     from saecircuits.config import validate
@@ -88,10 +90,11 @@ def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_sour
     text = {"source": text_source, **(text.model_dump() if isinstance(text, TextConfig) else text)}
     data = {"sae": str(sae_dir), "model": model, "text": text, "out": str(out_dir), "tokens": n_tokens,
             "wandb": {"mode": wandb}, **settings}
-    return run(validate(DashboardConfig, data, where="dashboards"), restart=restart, progress=progress, model=loaded_model)
+    return run(validate(DashboardConfig, data, where="dashboards"), restart=restart, progress=progress, model=loaded_model,
+               wandb_run=wandb_run)
 
 
-def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, model=None) -> dict:
+def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, model=None, wandb_run: Run | None = None) -> dict:
     from saecircuits import models
     from saecircuits.sae import format as sae_format
 
@@ -110,7 +113,7 @@ def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, mode
             "contexts": int(stats.t["n_contexts"])}
     summ = stats.summary()
     strings = token_strings(model.tokenizer, summ, weights)
-    rows, wb = write_outputs(cfg, out, summ, weights, stats, strings, meta)
+    rows, wb = write_outputs(cfg, out, summ, weights, stats, strings, meta, run=wandb_run)
     done = time.perf_counter()
     n_dead = sum(r["dead"] for r in rows)
     summary = {
@@ -354,7 +357,7 @@ def _display_histogram(counts: list[int], inner: list[float], max_act: float, ma
 
 
 def write_outputs(cfg: DashboardConfig, out: Path, summ: dict, weights: dict, stats: FeatureStats,
-                  strings: dict[int, str], meta: dict, chunk: int = 1024) -> tuple[list[dict], dict]:
+                  strings: dict[int, str], meta: dict, chunk: int = 1024, run: Run | None = None) -> tuple[list[dict], dict]:
     """The site, the stats files, the Neuronpedia export and W&B, features a chunk at a time (bounded memory).
 
     Returns one small row per feature and the W&B/export outcome. The features folder is written aside
@@ -365,7 +368,9 @@ def write_outputs(cfg: DashboardConfig, out: Path, summ: dict, weights: dict, st
     dead_all = summ["dead"].tolist()
     per_page = cfg.wandb_features_per_page
     chunk = max(per_page, chunk // per_page * per_page)  # W&B pages never straddle two chunks
-    run = Run(cfg.wandb, out, {**cfg.model_dump(mode="json"), **meta}, job="dashboards")
+    own_run = run is None
+    run = run or Run(cfg.wandb, out, {**cfg.model_dump(mode="json"), **meta}, job="dashboards")
+    key = "dashboards" if own_run else f"dashboards/{meta['sae_name']}"  # a shared run holds several SAEs
     exporter = neuronpedia.Exporter(out / "neuronpedia", strings, meta, cfg.neuronpedia_batch)
     tmp = Path(tempfile.mkdtemp(prefix=".features.", dir=out))
     rows: list[dict] = []
@@ -378,21 +383,22 @@ def write_outputs(cfg: DashboardConfig, out: Path, summ: dict, weights: dict, st
             if run.run is not None:
                 for g in range(0, len(views), per_page):
                     group = views[g : g + per_page]
-                    run.html(f"dashboards/features_{group[0]['id']:05d}_{group[-1]['id']:05d}", H.group_page(group, vis, meta))
+                    run.html(f"{key}/features_{group[0]['id']:05d}_{group[-1]['id']:05d}", H.group_page(group, vis, meta))
             rows.extend({k: v[k] for k in ("id", "dead", "density", "fired", "max_act", "mean_act", "top_tokens",
                                            "pos_logits", "neg_logits", "neighbours")} for v in views)
         replace_dir(tmp, out / "features")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        run.finish()
+        if own_run:
+            run.finish()
         raise
     np_files = exporter.close()
     write_text(out / "index.html", H.index_page(rows, vis, meta))
     write_stats(out, rows, strings, summ, weights, meta)
     result = {"mode": run.mode, "sync": None, "neuronpedia_files": len(np_files)}
     if run.run is not None:
-        log_table(run, rows, strings, meta)
-        result["sync"] = run.finish()
+        log_table(run, rows, strings, meta, key)
+        result["sync"] = run.finish() if own_run else None
     return rows, result
 
 
@@ -412,7 +418,7 @@ def write_stats(out: Path, rows: list[dict], strings: dict[int, str], summ: dict
     save_tensors(out / "stats.safetensors", arrays, metadata={k: str(v) for k, v in meta.items()})
 
 
-def log_table(run: Run, rows: list[dict], strings: dict[int, str], meta: dict) -> None:
+def log_table(run: Run, rows: list[dict], strings: dict[int, str], meta: dict, key: str = "dashboards") -> None:
     """The per-feature table, the density histogram and the run summary on W&B."""
 
     def words(ids) -> str:
@@ -421,7 +427,8 @@ def log_table(run: Run, rows: list[dict], strings: dict[int, str], meta: dict) -
     cols = ["feature", "dead", "density", "max_act", "mean_act", "top_tokens", "logits_raised", "logits_lowered"]
     data = [[r["id"], r["dead"], r["density"], r["max_act"], r["mean_act"], words(r["top_tokens"]),
              words(t for t, _ in r["pos_logits"][:5]), words(t for t, _ in r["neg_logits"][:5])] for r in rows]
-    run.table("dashboards/features", cols, data)
-    run.histogram("dashboards/log10_density", [math.log10(r["density"]) for r in rows if not r["dead"]] or [0.0])
+    run.table(f"{key}/features", cols, data)
+    run.histogram(f"{key}/log10_density", [math.log10(r["density"]) for r in rows if not r["dead"]] or [0.0])
     n_dead = sum(r["dead"] for r in rows)
-    run.summary({"n_features": len(rows), "n_dead": n_dead, "n_live": len(rows) - n_dead, "tokens": meta["tokens"]})
+    run.summary({f"{key}/n_features": len(rows), f"{key}/n_dead": n_dead, f"{key}/n_live": len(rows) - n_dead,
+                 f"{key}/tokens": meta["tokens"]})
