@@ -258,11 +258,17 @@ class ActivationCache:
                                    "delete the cache folder and build it again")
         return Rows(acts, tokens)
 
-    def windows(self, keys: list[str], window_contexts: int, start_window: int = 0) -> Iterator[Rows]:
-        """Rows of consecutive windows of ``window_contexts`` contexts, from ``start_window`` on."""
+    def windows(self, keys: list[str], window_contexts: int, start_window: int = 0,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[Rows]:
+        """Rows of consecutive windows of ``window_contexts`` contexts, from ``start_window`` on.
+
+        ``shard`` (rank, world): this process's windows of a data-parallel run, the cache's windows
+        rank, rank + world, rank + 2·world, ... (``start_window`` counts this process's windows)."""
+        rank, world = shard
         w = start_window
-        while w * window_contexts < self.n_contexts:
-            c0, c1 = w * window_contexts, min((w + 1) * window_contexts, self.n_contexts)
+        while (w * world + rank) * window_contexts < self.n_contexts:
+            g = w * world + rank
+            c0, c1 = g * window_contexts, min((g + 1) * window_contexts, self.n_contexts)
             parts = []
             i = int(np.searchsorted(self._shard_start, c0, side="right")) - 1
             while i < len(self.shards) and self._shard_start[i] < c1:
@@ -273,8 +279,10 @@ class ActivationCache:
             w += 1
 
     def store(self, cfg: StoreConfig, site_keys: list[str] | None = None, repeat: bool = True,
-              total_rows: int | None = None) -> ActivationStore:
-        """An ActivationStore streaming this cache (the same batches as the model store, first epoch)."""
+              total_rows: int | None = None, shard: tuple[int, int] = (0, 1)) -> ActivationStore:
+        """An ActivationStore streaming this cache (the same batches as the model store, first epoch).
+
+        ``shard`` (rank, world): this process's share of a data-parallel run (every world-th window)."""
         keys = site_keys or self.manifest["sites"]
         self.check(site_keys=keys)
         if self.manifest["dtype"] != cfg.dtype:
@@ -285,11 +293,12 @@ class ActivationCache:
         wc = cfg.window_contexts(self.context_size, row_bytes, total_rows)
 
         def windows(epoch: int, start: int) -> Iterator[Rows]:
-            return self.windows(keys, wc, start)
+            return self.windows(keys, wc, start, shard)
 
         store = ActivationStore(cfg, windows, [Site.parse(k) for k in keys], self.context_size, repeat,
                                 describe={"cache": str(self.folder), "window_contexts": wc})
         store.widths = widths
+        store.shard = shard
         return store
 
 

@@ -182,7 +182,8 @@ def train(
         data.setdefault("wandb", {})["mode"] = wandb
     cfg = validate(TrainConfig, data, where=str(config))
     summary = run_training(cfg, resume=resume)
-    print_train_summary(summary, cfg.out)
+    if summary:  # under torchrun, rank 0 reports
+        print_train_summary(summary, cfg.out)
 
 
 @command

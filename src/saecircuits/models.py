@@ -125,17 +125,29 @@ def load(
     """A ``HookedTransformer`` for an offline model, a local Hugging Face folder, or a hub model name.
 
     Weights are processed the same way for all three: norms folded (``fold_ln``), no centring, so
-    hook names are TransformerLens's and logits equal the original model's.
+    hook names are TransformerLens's and logits equal the original model's. ``n_devices`` > 1 spreads
+    the model's blocks over that many CUDA devices (TransformerLens's ``n_devices``).
     """
+    if n_devices > 1 and torch.cuda.device_count() < n_devices:
+        raise SaecircuitsError(f"n_devices {n_devices} spreads the model over {n_devices} CUDA devices; this machine has "
+                               f"{torch.cuda.device_count()}", "set n_devices to 1, or at most the number of GPUs")
     spec = offline_model(name)
     if spec is not None:
         folder = Path(cache_dir or cache_root()) / "models" / spec.name
         if not _cache_complete(folder):
             _convert_offline(spec, folder)
-        return _load_cached(folder, device, dtype)
+        return _spread(_load_cached(folder, device, dtype), n_devices)
     if Path(name).is_dir():
-        return _load_local_hf(Path(name), device, dtype)
+        return _spread(_load_local_hf(Path(name), device, dtype), n_devices)
     return _load_from_hub(name, device, dtype, n_devices)
+
+
+def _spread(model: HookedTransformer, n_devices: int) -> HookedTransformer:
+    """TransformerLens's multi-device placement, as ``from_pretrained(n_devices=...)`` does for hub models."""
+    if n_devices > 1:
+        model.cfg.n_devices = n_devices
+        model.move_model_modules_to_device()
+    return model
 
 
 def load_hf(name: str = DEFAULT_MODEL):

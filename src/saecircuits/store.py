@@ -14,6 +14,7 @@ Memory: one window holds at most ``window_contexts * context_size`` rows per sit
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -238,9 +239,13 @@ class ModelActivations:
         )
 
     def windows(self, text: TextSource, window_contexts: int, model_batch_size: int,
-                split: Split = "train", start_context: int = 0) -> Iterator[Rows]:
-        """Windows of kept rows, ``window_contexts`` contexts each, from context ``start_context`` on."""
+                split: Split = "train", start_context: int = 0, shard: tuple[int, int] = (0, 1)) -> Iterator[Rows]:
+        """Windows of kept rows, ``window_contexts`` contexts each, from context ``start_context`` on.
+
+        ``shard`` (rank, world): only contexts i with i % world == rank (data-parallel training)."""
         contexts = text.contexts(split)
+        if shard[1] > 1:
+            contexts = itertools.islice(contexts, shard[0], None, shard[1])
         for _ in range(start_context):  # resuming: tokenize past what was used, no forward pass
             next(contexts, None)
         while True:
@@ -322,13 +327,16 @@ class ActivationStore:
         self.epoch_rows = 0
         self.describe = describe or {}
         self.device = torch.device(cfg.device)
+        self.shard = (0, 1)  # (rank, world) of a data-parallel run: calibration then uses every process's rows
 
     # ---- constructors
     @classmethod
     def from_model(cls, model: HookedTransformer, site_specs: list[str] | list[Site], text: TextSource,
                    cfg: StoreConfig, split: Split = "train", repeat: bool = True,
-                   total_rows: int | None = None) -> ActivationStore:
-        """A store running ``model`` over ``text``; ``total_rows``: the run's length, to size windows to it."""
+                   total_rows: int | None = None, shard: tuple[int, int] = (0, 1)) -> ActivationStore:
+        """A store running ``model`` over ``text``; ``total_rows``: the run's length, to size windows to it.
+
+        ``shard`` (rank, world): this process's share of a data-parallel run (every world-th context)."""
         sites = expand_sites(model, [s.key if isinstance(s, Site) else s for s in site_specs])
         dtype = DTYPES[cfg.dtype]
         acts = ModelActivations(model, sites, exclude_special_tokens=cfg.exclude_special_tokens,
@@ -341,10 +349,11 @@ class ActivationStore:
             # a new epoch reshuffles documents: the text seed moves with the epoch
             src = text if epoch == 0 else TextSource(text.cfg.model_copy(update={"seed": text.cfg.seed + epoch}),
                                                       text.tokenizer, text.bos_id, text.sep_id)
-            return acts.windows(src, wc, cfg.model_batch_size, split, start_context=start * wc)
+            return acts.windows(src, wc, cfg.model_batch_size, split, start_context=start * wc, shard=shard)
 
         store = cls(cfg, windows, sites, text.cfg.context_size, repeat,
                     describe={"text": text.describe(), "window_contexts": wc})
+        store.shard = shard
         store.model_activations = acts
         store.widths = widths
         return store
@@ -363,10 +372,16 @@ class ActivationStore:
 
     # ---- streaming
     def _calibrate(self, rows: Rows) -> None:
-        """From the first window: normalisation scales and outlier limits (kept for the whole run)."""
+        """From the first window: normalisation scales and outlier limits (kept for the whole run).
+
+        Data-parallel: from the first windows of all processes together (the same numbers everywhere)."""
         p = self.position
         for k, v in rows.acts.items():
             norms = v.float().norm(dim=1)
+            if self.shard[1] > 1:
+                from saecircuits import distributed
+
+                norms = distributed.all_gather_varlen(norms)
             if self.cfg.drop_outlier_norm is not None and k not in p.outlier_limits:
                 p.outlier_limits[k] = float(norms.median()) * self.cfg.drop_outlier_norm
             if self.cfg.normalize == "expected_average_only_in" and k not in p.scales:

@@ -127,6 +127,7 @@ class SparseAutoencoder(nn.Module):
         # tokens since each latent last fired: dead-latent tracking for AuxK and the metrics
         self.register_buffer("tokens_since_fired", torch.zeros(self.d_sae, dtype=torch.long))
         self.dead_after_tokens = cfg.dead_after_tokens or 10**15  # the trainer sets the run's default
+        self.aux_rows = cfg.aux_rows  # AuxK rows per batch; data-parallel training gives each process a share
 
     # ---- inference (dense), as SAELens computes it
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:

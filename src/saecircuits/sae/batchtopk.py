@@ -4,6 +4,8 @@ running average of the smallest selected activation, and is saved as SAELens's `
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from saecircuits.sae.sparse import SparseCode, select_batch_topk
@@ -18,8 +20,13 @@ class BatchTopKSAE(TopKSAE):
     def __init__(self, cfg, d_in: int, d_out: int | None = None):
         super().__init__(cfg, d_in, d_out)
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+        self.across_processes = False  # data-parallel training: select and track the threshold over the global batch
 
     def select(self):
+        if self.across_processes:
+            from saecircuits.distributed import select_global_batch_topk
+
+            return select_global_batch_topk(self.cfg.k)
         return select_batch_topk(self.cfg.k)
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
@@ -38,6 +45,13 @@ class BatchTopKSAE(TopKSAE):
     def after_step(self, code, extra: dict) -> None:
         vals = code.vals if isinstance(code, SparseCode) else code[code > 0]
         vals = vals[vals > 0]
+        if self.across_processes:  # the smallest selected activation of the global batch
+            from saecircuits.distributed import min_across
+
+            smallest = min_across(float(vals.min()) if len(vals) else math.inf)
+            if math.isfinite(smallest):
+                self.threshold.mul_(1 - THRESHOLD_LR).add_(THRESHOLD_LR * smallest)
+            return
         if len(vals):
             self.threshold.mul_(1 - THRESHOLD_LR).add_(THRESHOLD_LR * vals.min().double())
 

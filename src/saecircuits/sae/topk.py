@@ -34,13 +34,13 @@ class TopKSAE(SparseAutoencoder):
         """AuxK: the top-k_aux dead latents (by pre-activation) reconstruct the detached residual.
 
         Computed on the first ``aux_rows`` rows of the batch (rows arrive shuffled): an unbiased
-        estimate of the full-batch loss. Dense matmuls over the dead latents only: with k_aux in the
+        estimate of the full-batch loss (data-parallel, each process takes aux_rows / processes). Dense matmuls over the dead latents only: with k_aux in the
         hundreds they beat gather/scatter kernels.
         """
         dead = (self.tokens_since_fired >= self.dead_after_tokens).nonzero().squeeze(1)
         if len(dead) == 0 or self.cfg.aux_coefficient == 0:
             return torch.zeros((), device=x.device)
-        rows = slice(0, self.cfg.aux_rows)
+        rows = slice(0, self.aux_rows)
         k_aux = min(self.cfg.aux_k or self.d_in // 2, len(dead))
         xin = extra.get("x_in", self.encoder_input(x))[rows]
         pre_dead = xin @ self.W_enc[:, dead] + self.b_enc[dead]
