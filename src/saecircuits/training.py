@@ -174,6 +174,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []  # logged metrics, also kept for reports
         self.seconds = 0.0
+        self.started = False
 
     @property
     def tokens_emitted(self) -> int:
@@ -368,12 +369,18 @@ class Trainer:
             sst = second - float(mean.pow(2).sum())
             row[name]["explained_variance"] = 1 - row[name]["mse"] / sst if sst else float("nan")
 
-    def fit(self, resume: bool = False) -> None:
-        """Train to ``total_tokens``, checkpointing as configured; resumes from a checkpoint if asked."""
+    def start(self, resume: bool = False) -> None:
+        """Load the checkpoint to resume from, or make sure there is none to overwrite (nothing is written)."""
         if resume and not self.load_checkpoint():
             raise SaecircuitsError(f"--resume: no checkpoint in {self._checkpoint_dir()}", "start without --resume")
         if not resume and self._checkpoint_dir().exists():
             raise SaecircuitsError(f"{self.out} already holds a checkpoint of a run", "pass --resume to continue it, or choose another --out")
+        self.started = True
+
+    def fit(self, resume: bool = False) -> None:
+        """Train to ``total_tokens``, checkpointing as configured; resumes from a checkpoint if asked."""
+        if not self.started:
+            self.start(resume)
         bs = self.batch_tokens
         total = self.total_steps * bs
         ckpt_every = self.cfg.checkpoint_every_tokens
@@ -563,6 +570,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, model=N
     owners = distributed.split_saes(_sae_costs(cfg, model), world) if world > 1 and cfg.parallel == "saes" else None
     mine = [c for c, r in zip(cfg.saes, owners, strict=True) if r == rank] if owners else None
     store, text = make_store(cfg, model, progress and main, saes=mine, shard=(rank, world) if world > 1 and owners is None else (0, 1))
+    trainer = Trainer(cfg, model, store, out, text, None, progress and main, owners)
+    trainer.start(resume)  # a config mismatch or a run already there is refused before anything is written
     if main:
         write_json(out / "config.json", cfg.model_dump(mode="json"))
     own_run = run is None
@@ -570,8 +579,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, model=N
         run = None
     elif own_run:
         run = Run(cfg.wandb, out, cfg.model_dump(mode="json"), job="train")
-    trainer = Trainer(cfg, model, store, out, text, run, progress and main, owners)
-    trainer.fit(resume=resume)
+    trainer.run = run
+    trainer.fit()
     paths = trainer.save_saes(out / "saes")
     results = trainer.evaluate()
     facts = {"tokens_emitted": store.tokens_emitted, "tokens_dropped_outlier": store.tokens_dropped_outlier,
