@@ -133,7 +133,10 @@ def save_tensors(target: str | Path, tensors: dict[str, torch.Tensor], metadata:
     """Write tensors as safetensors, atomically. Tensors are made contiguous and unshared."""
     clean = {k: v.detach().contiguous().clone() if _shares_storage(v, tensors) else v.detach().contiguous() for k, v in tensors.items()}
     with atomic_path(target, suffix=".safetensors") as tmp:
-        save_file(clean, str(tmp), metadata=metadata)
+        try:
+            save_file(clean, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # an I/O error while writing (a full disk) arrives as this
+            raise OSError(str(e)) from e
     return Path(target)
 
 
@@ -174,3 +177,12 @@ def replace_dir(tmp_dir: Path, target: Path) -> None:
     else:
         os.replace(tmp_dir, target)
     _fsync_dir(target.parent)
+
+
+def recover_dir(target: str | Path) -> Path:
+    """Undo a ``replace_dir`` killed between its two renames: the previous folder is put back in place."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.is_dir():
+        os.replace(old, target)
+    return target

@@ -314,6 +314,10 @@ class TextSource:
         """Contexts the way a TransformerLens model expects: its BOS first, its document separator between."""
         from saecircuits.models import doc_separator_id
 
+        if cfg.context_size > model.cfg.n_ctx:
+            raise SaecircuitsError(
+                f"context_size {cfg.context_size} is longer than {model.cfg.model_name} reads: it has {model.cfg.n_ctx} positions",
+                f"set context_size to {model.cfg.n_ctx} or less")
         bos = model.tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
         return cls(cfg, model.tokenizer, bos, doc_separator_id(model))
 

@@ -33,7 +33,7 @@ from saecircuits import distributed
 from saecircuits.config import Config
 from saecircuits.errors import SaecircuitsError
 from saecircuits.evaluation import SAEUnderTest, density_histogram, evaluate
-from saecircuits.files import ensure_dir, load_tensors, read_json, replace_dir, save_tensors, write_json
+from saecircuits.files import ensure_dir, load_tensors, read_json, recover_dir, replace_dir, save_tensors, write_json
 from saecircuits.sae import SAEConfig, SparseAutoencoder, build
 from saecircuits.sae import format as sae_format
 from saecircuits.sae.topk import fired_latents
@@ -371,6 +371,9 @@ class Trainer:
 
     def start(self, resume: bool = False) -> None:
         """Load the checkpoint to resume from, or make sure there is none to overwrite (nothing is written)."""
+        if self.rank == 0:
+            recover_dir(self._checkpoint_dir())  # a kill during the last checkpoint's swap
+        distributed.barrier()
         if resume and not self.load_checkpoint():
             raise SaecircuitsError(f"--resume: no checkpoint in {self._checkpoint_dir()}", "start without --resume")
         if not resume and self._checkpoint_dir().exists():

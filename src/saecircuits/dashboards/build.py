@@ -35,7 +35,7 @@ from saecircuits.dashboards import neuronpedia
 from saecircuits.dashboards.stats import STATE_FORMAT, WINDOW_PAD, FeatureStats
 from saecircuits.dashboards.weights import logit_effects, nearest_features, residual_directions
 from saecircuits.errors import SaecircuitsError
-from saecircuits.files import ensure_dir, load_tensors, read_json, replace_dir, save_tensors, write_json, write_text
+from saecircuits.files import ensure_dir, load_tensors, read_json, recover_dir, replace_dir, save_tensors, write_json, write_text
 from saecircuits.text import TextConfig, TextSource
 from saecircuits.tracking import Run, WandbConfig
 
@@ -176,7 +176,7 @@ def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = Fals
     acts = ModelActivations(model, [site], forward=cfg.forward)
     stats = _new_stats(cfg, sae.d_sae)
     fp = _fingerprint(cfg, cfg.sae, model)
-    folder = out / "checkpoint"
+    folder = recover_dir(out / "checkpoint")  # a kill during the last checkpoint's swap
     start_batch, exhausted, seconds = 0, False, 0.0
     if restart and folder.exists():
         shutil.rmtree(folder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from saecircuits.errors import SaecircuitsError
 from saecircuits.sae.batchtopk import BatchTopKSAE
 
 
@@ -16,7 +17,8 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         super().__init__(cfg, d_in, d_out)
         widths = list(cfg.matryoshka_widths or [])
         if widths[-1] > self.d_sae:
-            raise ValueError(f"matryoshka_widths {widths} exceed d_sae {self.d_sae}")
+            raise SaecircuitsError(f"matryoshka_widths {widths} exceed d_sae {self.d_sae}",
+                                   f"the last width must be at most d_sae; set it to {self.d_sae}")
         self.inner_widths = [w for w in widths if w < self.d_sae]
 
     def extra_loss(self, x: torch.Tensor, y: torch.Tensor, code, extra: dict) -> tuple[torch.Tensor, dict]:
