@@ -186,3 +186,26 @@ def recover_dir(target: str | Path) -> Path:
     if not target.exists() and old.is_dir():
         os.replace(old, target)
     return target
+
+
+# the PDF without its creation date, so the same figure always gives the same bytes
+_FIGURE_METADATA = {"pdf": {"CreationDate": None}}
+
+
+def save_figure(fig, stem: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
+    """Write a matplotlib figure as ``stem.png`` and ``stem.pdf`` (vector), each atomically, then close it.
+
+    The extension is appended to ``stem``, never substituted (``similarity_share_r_gt_0.7`` keeps its ``.7``)."""
+    import matplotlib.pyplot as plt
+
+    stem = Path(stem)
+    paths = []
+    try:
+        for ext in formats:
+            target = stem.parent / f"{stem.name}.{ext}"
+            with atomic_path(target, suffix=f".{ext}") as tmp:
+                fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight", metadata=_FIGURE_METADATA.get(ext))
+            paths.append(target)
+    finally:
+        plt.close(fig)
+    return paths

@@ -19,7 +19,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from saecircuits.files import ensure_dir, write_bytes, write_text
+from saecircuits.files import ensure_dir, save_figure, write_bytes, write_text
 from saecircuits.files import write_json as _write_json
 
 
@@ -61,19 +61,6 @@ def write_graph(graph: nx.DiGraph, stem: Path) -> list[Path]:
             write_json(stem.with_suffix(".json"), nx.node_link_data(g, edges="edges"), indent=None)]
 
 
-def _save_figure(fig, stem: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    ensure_dir(stem.parent)
-    out = []
-    for ext in ("png", "pdf"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
-        out.append(write_bytes(stem.with_suffix(f".{ext}"), buf.getvalue()))
-    plt.close(fig)
-    return out
-
-
 def histogram_figure(values: list[float], stem: Path, title: str, xlabel: str = "matched r") -> list[Path]:
     import matplotlib
 
@@ -86,7 +73,7 @@ def histogram_figure(values: list[float], stem: Path, title: str, xlabel: str = 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("features")
     ax.set_title(title, fontsize=9)
-    return _save_figure(fig, stem)
+    return save_figure(fig, stem)
 
 
 def heatmap_figure(matrix: dict, stem: Path, title: str) -> list[Path]:
@@ -96,8 +83,14 @@ def heatmap_figure(matrix: dict, stem: Path, title: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vals = np.array([[np.nan if v is None else v for v in row] for row in matrix["values"]], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(matrix["cols"]), 1.0 + 0.5 * len(matrix["rows"])))
+    draw_heatmap(ax, matrix, title)
+    return save_figure(fig, stem)
+
+
+def draw_heatmap(ax, matrix: dict, title: str) -> None:
+    """Draw a ``similarity.similarity_matrix`` heatmap on ``ax`` (with its colour bar)."""
+    vals = np.array([[np.nan if v is None else v for v in row] for row in matrix["values"]], dtype=float)
     im = ax.imshow(vals, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(matrix["cols"])), matrix["cols"], rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(matrix["rows"])), matrix["rows"], fontsize=7)
@@ -108,9 +101,8 @@ def heatmap_figure(matrix: dict, stem: Path, title: str) -> list[Path]:
                 star = "*" if pv and pv[i][j] is not None and pv[i][j] < 0.01 else ""
                 ax.text(j, i, f"{vals[i, j]:.2f}{star}", ha="center", va="center", fontsize=6,
                         color="white" if vals[i, j] < np.nanmean(vals) else "black")
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title(title, fontsize=9)
-    return _save_figure(fig, stem)
 
 
 def write_match(result: dict, out: str | Path, heatmaps: tuple[str, ...] = ("mean_r", "share_r_gt_0.7", "svcca", "cka")) -> dict:

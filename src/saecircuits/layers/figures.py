@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saecircuits.files import atomic_path, ensure_dir, write_json  # noqa: E402
+from saecircuits import files  # noqa: E402
+from saecircuits.files import ensure_dir, write_json  # noqa: E402
 
 
 def finite(obj):
@@ -25,14 +26,7 @@ def finite(obj):
 
 
 def save_figure(fig, out: str | Path, name: str) -> list[Path]:
-    paths = []
-    for ext in ("png", "pdf"):
-        target = Path(out) / f"{name}.{ext}"
-        with atomic_path(target, suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-        paths.append(target)
-    plt.close(fig)
-    return paths
+    return files.save_figure(fig, Path(out) / name)
 
 
 def write(out: str | Path, name: str, result: dict) -> dict:
