@@ -541,6 +541,25 @@ def circuit_cmd(
     console.print(f"written: {', '.join(str(p) for p in paths.values())}")
 
 
+@command
+def report(
+    run_dir: Path = typer.Argument(None, help="A run folder (what saecircuits demo --out wrote)."),
+    from_json: Path = typer.Option(None, "--from", help="Regenerate every table and figure from a report's results.json alone."),
+    out: Path = typer.Option(None, "--out", help="Report folder (default RUN_DIR/report, or the folder holding --from's results.json)."),
+    attention: bool = typer.Option(True, "--attention/--no-attention",
+                                   help="Load the model to draw the circuit heads' attention patterns (when the circuit results lack them)."),
+) -> None:
+    """The circuit report of a run: index.html (self-contained), report.md, figures (PDF+PNG), LaTeX tables, results.json."""
+    from saecircuits.report import regenerate, report_run
+
+    if (run_dir is None) == (from_json is None):
+        raise SaecircuitsError("give either RUN_DIR or --from results.json (exactly one)",
+                               "saecircuits report runs/demo, or saecircuits report --from runs/demo/report/results.json --out DIR")
+    paths = regenerate(from_json, out) if from_json else report_run(run_dir, out, attention=attention)
+    console.print(f"report: {paths['html']} (also {paths['markdown'].name}, figures/ with {len(paths['figures'])} "
+                  f"figures, tables/ with {len(paths['tables'])} LaTeX tables, {paths['results'].name})")
+
+
 def main() -> None:
     """Console-script entry point."""
     if "--debug" in sys.argv[2:]:  # accept --debug anywhere, not only before the command

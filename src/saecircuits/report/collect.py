@@ -1,0 +1,487 @@
+"""Gather everything a report shows from a run folder into one ``results.json``-shaped dict.
+
+The run folder is what ``saecircuits demo`` writes (``train/``, ``dashboards/``, ``matching/``,
+``heads/``, ``circuit/``, ``layers/``, each with a ``stage.json`` marker); a section whose stage is
+missing holds ``{"missing": reason}``. Every number the report prints or plots is in this dict, and
+every path in it is relative to the report folder (links to dashboard pages are under keys named
+``href`` or ending in ``_href``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from saecircuits.errors import SaecircuitsError
+from saecircuits.files import load_tensors, read_json
+
+SCHEMA = "saecircuits.report/1"
+PACKAGES = ("saecircuits", "torch", "transformer-lens", "sae-lens", "transformers", "numpy", "matplotlib",
+            "networkx", "wandb")
+KINDS = ("Q", "K", "V")
+
+
+def collect(run_dir: str | Path, report_dir: str | Path | None = None, model=None, attention: bool = True,
+            top_features: int = 10, top_pairs: int = 10, top_edges: int = 10, attention_heads: int = 6,
+            curve_points: int = 200) -> dict:
+    """The report's results dict for ``run_dir`` (links relative to ``report_dir``, default ``run_dir/report``).
+
+    ``model``: the run's model (a HookedTransformer), used once for the circuit heads' attention patterns on
+    the task's first clean prompt; without it the model is loaded by name when ``attention`` is true."""
+    run = Path(run_dir).resolve()
+    if not run.is_dir():
+        raise SaecircuitsError(f"run folder {run_dir} does not exist", "pass the folder saecircuits demo wrote (--out)")
+    report = Path(report_dir).resolve() if report_dir is not None else run / "report"
+    ctx = _Context(run, report)
+    results: dict = {"schema": SCHEMA}
+    results["meta"] = _meta(ctx)
+    results["training"] = _section(ctx, "train", lambda: _training(ctx, curve_points))
+    results["dashboards"] = _section(ctx, "dashboards", lambda: _dashboards(ctx, top_features))
+    results["matching"] = _section(ctx, "matching", lambda: _matching(ctx, top_pairs))
+    results["heads"] = _section(ctx, "heads", lambda: _heads(ctx, top_edges))
+    results["circuit"] = _section(ctx, "circuit", lambda: _circuit(ctx))
+    results["attention"] = _attention(ctx, results, model, attention, attention_heads)
+    results["head_pages"] = _head_pages(ctx, results)
+    results["layers"] = _section(ctx, "layers", lambda: _layers(ctx))
+    configs = {"matching": results["matching"].get("config"), "heads": results["heads"].get("config"),
+               "circuit": results["circuit"].get("config")}
+    results["meta"]["seeds"].update(_seeds({k: {"settings": v} for k, v in configs.items() if v}))
+    if not any("missing" not in results[s] for s in ("training", "dashboards", "matching", "heads", "circuit", "layers")):
+        raise SaecircuitsError(f"{run_dir} holds no finished stage (no train/, circuit/, ... with a stage.json)",
+                               "pass the folder saecircuits demo wrote (--out)")
+    return ctx.relative(results)
+
+
+class _Context:
+    def __init__(self, run: Path, report: Path):
+        self.run, self.report = run, report
+        self.sae_names: dict[str, str] = {}  # hook -> SAE name (the training/dashboards folder name)
+
+    def href(self, path: Path) -> str:
+        """``path`` relative to the report folder, with forward slashes."""
+        return Path(os.path.relpath(path, self.report)).as_posix()
+
+    def feature_href(self, sae_name: str | None, feature: int) -> str | None:
+        if sae_name is None:
+            return None
+        page = self.run / "dashboards" / sae_name / "features" / f"{int(feature)}.html"
+        return self.href(page) if page.is_file() else None
+
+    def relative(self, obj):
+        """Every string that is an absolute path inside the run folder, made relative to the report folder."""
+        if isinstance(obj, dict):
+            return {k: self.relative(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self.relative(v) for v in obj]
+        if isinstance(obj, str) and obj.startswith("/"):
+            p = Path(obj)
+            if p == self.run or self.run in p.parents:
+                return self.href(p)
+        return obj
+
+
+def _section(ctx: _Context, stage: str, fn) -> dict:
+    marker = ctx.run / stage / "stage.json"
+    if not marker.is_file():
+        return {"missing": f"the {stage} stage has not finished ({stage}/stage.json is absent)"}
+    return fn()
+
+
+def _stage(ctx: _Context, stage: str) -> dict:
+    marker = ctx.run / stage / "stage.json"
+    return read_json(marker, what="stage marker") if marker.is_file() else {}
+
+
+# --- meta -----------------------------------------------------------------------------------------
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _meta(ctx: _Context) -> dict:
+    config = read_json(ctx.run / "demo_config.json", what="run config") if (ctx.run / "demo_config.json").is_file() else {}
+    stages = {}
+    for s in ("train", "dashboards", "matching", "heads", "circuit", "layers"):
+        st = _stage(ctx, s)
+        if st:
+            stages[s] = {"settings": st.get("settings"), "seconds": st.get("seconds")}
+    model = config.get("model")
+    if model is None:
+        model = (stages.get("train", {}).get("settings") or {}).get("model") or (stages.get("circuit", {}).get("settings") or {}).get("model")
+    hub = None
+    if model:
+        from saecircuits.models import offline_model
+
+        spec = offline_model(model)
+        hub = spec.hf_name if spec else model
+    return {
+        "title": f"saecircuits report: {model or 'run'}" + (f", {config['task']} circuit" if config.get("task") else ""),
+        "run": ctx.run.name, "model": model, "hub_name": hub, "config": config, "stages": stages,
+        "seeds": _seeds(stages), "versions": _versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "saecircuits report --from results.json --out DIR",
+    }
+
+
+def _seeds(stages: dict) -> dict:
+    """Every seed in the stages' settings, by where it was found (``train.store.seed``, ``train.saes[0].seed``, ...)."""
+    seeds: dict = {}
+
+    def walk(obj, where: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k == "seed" and isinstance(v, int):
+                    seeds[where or k] = v
+                else:
+                    walk(v, f"{where}.{k}" if where else k)
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    for stage, d in stages.items():
+        walk(d.get("settings"), stage)
+    return seeds
+
+
+# --- training -------------------------------------------------------------------------------------
+
+_SAE_METRICS = ("architecture", "d_sae", "k", "lr", "tokens", "l0", "explained_variance", "fvu", "mse", "dead_latents",
+                "dense_latents", "ce_clean", "ce_with_sae", "ce_zero_ablation", "ce_loss_recovered", "kl_to_clean")
+_CURVES = ("loss", "mse", "explained_variance", "l0", "dead")
+
+
+def _label(hook: str) -> str:
+    """A short name for an SAE's site: ``L6`` for the residual stream after block 6, else the hook."""
+    parts = hook.split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[2] == "hook_resid_post":
+        return f"L{parts[1]}"
+    return hook
+
+
+def _training(ctx: _Context, curve_points: int) -> dict:
+    folder = ctx.run / "train"
+    summary = read_json(folder / "summary.json", what="training summary") if (folder / "summary.json").is_file() \
+        else _stage(ctx, "train").get("result", {})
+    saes = []
+    for name, s in summary.get("saes", {}).items():
+        row = {"name": name, "label": _label(s.get("hook", name)), "hook": s.get("hook"),
+               "folder_href": ctx.href(folder / "saes" / name)}
+        row.update({k: s.get(k) for k in _SAE_METRICS})
+        saes.append(row)
+        if s.get("hook"):
+            ctx.sae_names[s["hook"]] = name
+    history = read_json(folder / "history.json", what="training history") if (folder / "history.json").is_file() else []
+    if len(history) > curve_points:  # evenly spaced, always the last
+        step = len(history) / curve_points
+        history = [history[int(i * step)] for i in range(curve_points - 1)] + [history[-1]]
+    curves = {"tokens": [h.get("tokens") for h in history], "saes": {}}
+    for s in saes:
+        curves["saes"][s["name"]] = {k: [(h.get(s["name"]) or {}).get(k) for h in history] for k in _CURVES}
+    return {"model": summary.get("model"), "tokens": summary.get("tokens"), "steps": summary.get("steps"),
+            "seconds": summary.get("seconds"), "tokens_per_second": summary.get("tokens_per_second"),
+            "saes": saes, "curves": curves}
+
+
+# --- dashboards -----------------------------------------------------------------------------------
+
+def _dashboards(ctx: _Context, top: int) -> dict:
+    folder = ctx.run / "dashboards"
+    saes = []
+    for sub in sorted(p for p in folder.iterdir() if (p / "summary.json").is_file()):
+        s = read_json(sub / "summary.json", what="dashboard summary")
+        stats = read_json(sub / "stats.json", what="dashboard statistics") if (sub / "stats.json").is_file() else {}
+        live = [f for f in stats.get("features", []) if not f.get("dead") and (f.get("fired") or 0) >= 5]
+        live.sort(key=lambda f: (-(f.get("max_act") or 0.0), f["id"]))
+        features = [{"id": f["id"], "density": f.get("density"), "fired": f.get("fired"), "max_act": f.get("max_act"),
+                     "mean_act": f.get("mean_act"), "top_tokens": list(f.get("top_tokens") or [])[:5],
+                     "href": ctx.feature_href(sub.name, f["id"])} for f in live[:top]]
+        hook = s.get("hook")
+        if hook and hook not in ctx.sae_names:
+            ctx.sae_names[hook] = sub.name
+        saes.append({"name": sub.name, "label": _label(hook or sub.name), "hook": hook, "model": s.get("model"),
+                     "href": ctx.href(sub / "index.html"), "n_features": s.get("n_features"), "n_live": s.get("n_live"),
+                     "n_dead": s.get("n_dead"), "tokens": s.get("tokens"), "text": s.get("text"),
+                     "seconds": (s.get("seconds") or {}).get("total"),
+                     "selection": f"the {top} live features (fired >= 5 times) with the largest activation",
+                     "features": features})
+    return {"saes": saes}
+
+
+# --- matching -------------------------------------------------------------------------------------
+
+_PAIR_NUMBERS = ("tokens", "alive_a", "alive_b", "n_pairs", "n_kept", "n_special_only", "mean_r", "median_r", "q10_r",
+                 "q90_r", "share_r_gt_0.5", "share_r_gt_0.7", "share_r_gt_0.9", "mean_cos", "median_cos")
+_SIMILARITY = ("score", "null_mean", "null_std", "p_value", "n_null")
+
+
+def _matching(ctx: _Context, top: int) -> dict:
+    folder = ctx.run / "matching"
+    if not (folder / "match.json").is_file():
+        result = _stage(ctx, "matching").get("result", {})
+        return {"missing": result.get("skipped", "matching/match.json is absent")}
+    match = read_json(folder / "match.json", what="matching results")
+    hooks = {name: s.get("hook") for name, s in match.get("saes", {}).items()}
+    pairs = []
+    for r in match.get("results", []):
+        s = r.get("summary", {})
+        sae_a, sae_b = ctx.sae_names.get(r.get("hook_a")), ctx.sae_names.get(r.get("hook_b"))
+        table = folder / "pairs" / f"{_safe(r['a'])}__{_safe(r['b'])}" / "table.json"
+        rows = read_json(table, what="matched-feature table") if table.is_file() else []
+        kept = sorted((x for x in rows if x.get("kept", True) and x.get("r") is not None), key=lambda x: (-x["r"], x["a"]))
+        similarity = {src: {m: {k: v.get(k) for k in _SIMILARITY} for m, v in d.items() if isinstance(v, dict)}
+                      for src, d in (r.get("similarity") or {}).items()}
+        pairs.append({
+            "a": r["a"], "b": r["b"], "hook_a": r.get("hook_a"), "hook_b": r.get("hook_b"), "sae_a": sae_a, "sae_b": sae_b,
+            "method": r.get("method"), **{k: s.get(k) for k in _PAIR_NUMBERS}, "similarity": similarity,
+            "top": [{"a": x["a"], "b": x["b"], "r": x["r"], "cos": x.get("cos"), "fires_a": x.get("fires_a"),
+                     "fires_b": x.get("fires_b"), "top_tokens_a": list(x.get("top_tokens_a") or [])[:5],
+                     "top_tokens_b": list(x.get("top_tokens_b") or [])[:5],
+                     "a_href": ctx.feature_href(sae_a, x["a"]), "b_href": ctx.feature_href(sae_b, x["b"])}
+                    for x in kept[:top]],
+        })
+    similarity = {}
+    for f in sorted(folder.glob("similarity_*.json")):
+        m = read_json(f, what="similarity matrix")
+        similarity[m.get("value", f.stem.removeprefix("similarity_"))] = m
+    cfg = match.get("config", {})
+    return {"saes": hooks, "models": match.get("models"), "config": cfg, "method": cfg.get("method"), "tokens": cfg.get("tokens"),
+            "null": cfg.get("null"), "min_fires": cfg.get("min_fires"), "timing": match.get("timing"), "pairs": pairs,
+            "similarity": similarity}
+
+
+def _safe(name: str) -> str:
+    from saecircuits.match_outputs import _safe as safe
+
+    return safe(name)
+
+
+# --- heads ----------------------------------------------------------------------------------------
+
+def _heads(ctx: _Context, top: int) -> dict:
+    folder = ctx.run / "heads"
+    summary = read_json(folder / "summary.json", what="head graph summary") if (folder / "summary.json").is_file() \
+        else _stage(ctx, "heads").get("result", {})
+    graph = read_json(folder / "heads.json", what="head graph") if (folder / "heads.json").is_file() else {"nodes": [], "edges": []}
+    channels = {(e["source"], e["target"], k): e.get(f"{k}_channels") for e in graph["edges"] for k in KINDS}
+    top_edges = {}
+    for kind, rows in (summary.get("top_edges") or {}).items():
+        top_edges[kind] = [{**e, "channels": channels.get((e["sender"], e["receiver"], kind))} for e in rows[:top]]
+    return {"model": summary.get("model"), "n_layers": summary.get("n_layers"), "n_heads": summary.get("n_heads"),
+            "n_key_value_heads": summary.get("n_key_value_heads"), "seconds": summary.get("seconds"),
+            "pairs": summary.get("pairs"), "n_nodes": len(graph["nodes"]), "n_edges": len(graph["edges"]),
+            "edge_kinds": {k: sum(1 for e in graph["edges"] if e.get("type") == k) for k in KINDS},
+            "config": summary.get("config"), "note": (graph.get("graph") or {}).get("weights"), "top_edges": top_edges}
+
+
+def _weight_edges(ctx: _Context) -> list[dict]:
+    """The head graph's kept edges (heads.json), one row per edge: sender, receiver, its type, score, z."""
+    path = ctx.run / "heads" / "heads.json"
+    if not path.is_file():
+        return []
+    return [{"sender": e["source"], "receiver": e["target"], "type": e.get("type"), "types": e.get("types"),
+             "score": e.get("score"), "z": e.get("z")} for e in read_json(path, what="head graph")["edges"]]
+
+
+def _circuit_composition(ctx: _Context, heads: list[str], n_heads: int, per_receiver: int = 2,
+                         min_z: float = 3.0) -> dict:
+    """Q/K/V composition between the circuit's heads, read from the weight graph's full score arrays:
+    for each circuit receiver its ``per_receiver`` strongest edges (by z, at least ``min_z``) from circuit senders."""
+    path = ctx.run / "heads" / "scores.safetensors"
+    rule = f"for each circuit head, its {per_receiver} strongest composition edges (z >= {min_z:g}) from earlier circuit heads"
+    if not path.is_file():
+        return {"missing": "heads/scores.safetensors is absent", "edges": []}
+    scores = load_tensors(path, what="head composition scores")
+    index = {h: int(h.split(".")[0]) * n_heads + int(h.split(".")[1]) for h in heads}
+    edges = []
+    for r in heads:
+        cands = []
+        for s in heads:
+            if int(s.split(".")[0]) >= int(r.split(".")[0]):
+                continue
+            for k in KINDS:
+                z = float(scores[f"{k}_z"][index[s], index[r]])
+                if z == z and z >= min_z:
+                    cands.append({"sender": s, "receiver": r, "type": k, "score": float(scores[k][index[s], index[r]]), "z": z})
+        edges += sorted(cands, key=lambda e: -e["z"])[:per_receiver]
+    return {"rule": rule, "edges": edges}
+
+
+# --- circuit --------------------------------------------------------------------------------------
+
+def _circuit(ctx: _Context) -> dict:
+    path = ctx.run / "circuit" / "results.json"
+    if not path.is_file():
+        return {"missing": "circuit/results.json is absent"}
+    r = read_json(path, what="circuit results")
+    heads = r["circuit"]["heads"]
+    H = r["n_heads"]
+    pe, ae = r["heads"]["patching_effect"], r["heads"]["ablation_effect"]
+    codes = r.get("sae_codes") or {}
+    edges = r.get("edges") or {}
+    names = set(heads) | {"logits"}
+    data_edges = [{"sender": s, "receiver": t.split(":")[0], "input": t.split(":")[1] if ":" in t else None, "score": v}
+                  for s, t, v in edges.get("circuit_edges", []) if s in names and t.split(":")[0] in names]
+    rows = []
+    for h in heads:
+        L, i = (int(x) for x in h.split("."))
+        rows.append({"head": h, "layer": L, "index": i, "patching_effect": pe[L][i], "ablation_effect": ae[L][i],
+                     "sae_code_score": codes["scores"][L][i] if codes.get("scores") else None})
+    composition = _circuit_composition(ctx, heads, H)
+    for row in rows:
+        row["role"] = _role(row["head"], composition.get("edges", []), data_edges)
+    cfg = r.get("config", {})
+    return {
+        "model": r.get("model"), "task": r.get("task"), "metric": r.get("evaluation", {}).get("metric"),
+        "config": cfg, "evaluation": r.get("evaluation"),
+        "examples": (r.get("task_info") or {}).get("examples", []),
+        "corrupted_examples": (r.get("task_info") or {}).get("corrupted_examples", []),
+        "n_layers": r["n_layers"], "n_heads": H, "clean_metric": r.get("clean_metric"),
+        "corrupted_metric": r.get("corrupted_metric"), "ablation": r["heads"].get("ablation"),
+        "patching_effect": pe, "ablation_effect": ae, "sae_code_scores": codes.get("scores"),
+        "heads": heads, "size": r["circuit"]["size"], "rule": r["circuit"]["rule"],
+        "selected_by": r["circuit"]["selected_by"], "head_rows": rows,
+        "validation": r.get("validation"), "faithfulness_by_size": r.get("faithfulness_by_size", []),
+        "edges": {"method": edges.get("method"), "n_edges": edges.get("n_edges"), "top": edges.get("top", [])[:20],
+                  "circuit": data_edges, "confirmed": edges.get("confirmed", []), "eap_vs_exact": edges.get("eap_vs_exact")},
+        "composition": composition,
+        "sae_codes": {k: codes.get(k) for k in ("config", "vs_patching", "vs_ablation")} if codes else None,
+        "patching_vs_ablation": r.get("patching_vs_ablation"), "seconds": r.get("seconds"),
+        "attention": r.get("attention"),
+    }
+
+
+def _role(head: str, composition: list[dict], data_edges: list[dict]) -> str:
+    """What a circuit head does inside the circuit, from its strongest composition edges (and EAP edges to the logits)."""
+    parts = []
+    ins = [e for e in composition if e["receiver"] == head]
+    outs = sorted((e for e in composition if e["sender"] == head), key=lambda e: -e["z"])
+    if ins:
+        parts.append(f"{ins[0]['type']} from {ins[0]['sender']}")
+    if outs:
+        parts.append(f"{outs[0]['type']} into {outs[0]['receiver']}")
+    if any(e["sender"] == head and e["receiver"] == "logits" for e in data_edges):
+        parts.append("direct to logits")
+    return "; ".join(parts)
+
+
+# --- attention patterns ---------------------------------------------------------------------------
+
+def key_heads(circuit: dict, n: int) -> list[str]:
+    """The circuit's ``n`` heads with the largest |patching effect|."""
+    rows = sorted(circuit.get("head_rows", []), key=lambda r: -abs(r["patching_effect"] or 0.0))
+    return [r["head"] for r in rows[:n]]
+
+
+@torch.no_grad()
+def attention_patterns(model, tokens: torch.Tensor, heads: list[str]) -> dict:
+    """Attention patterns of ``heads`` (``L.H``) on one prompt ``tokens`` [1, pos]: {tokens, heads: [{head, pattern [q][k]}]}."""
+    layers = sorted({int(h.split(".")[0]) for h in heads})
+    names = {f"blocks.{L}.attn.hook_pattern" for L in layers}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=max(layers) + 1)
+    out = []
+    for h in heads:
+        L, i = (int(x) for x in h.split("."))
+        out.append({"head": h, "pattern": [[round(float(v), 5) for v in row] for row in cache[f"blocks.{L}.attn.hook_pattern"][0, i]]})
+    return {"tokens": model.to_str_tokens(tokens[0]), "heads": out}
+
+
+def _attention(ctx: _Context, results: dict, model, enabled: bool, n: int) -> dict:
+    circuit = results["circuit"]
+    if "missing" in circuit:
+        return {"missing": "no circuit"}
+    if circuit.get("attention"):
+        return circuit.pop("attention")
+    circuit.pop("attention", None)
+    if not enabled:
+        return {"missing": "attention patterns were not computed (--no-attention)"}
+    heads = key_heads(circuit, n)
+    if model is None:
+        from saecircuits import models
+
+        try:
+            model = models.load(circuit["model"])
+        except SaecircuitsError as e:
+            return {"missing": f"the model {circuit['model']} could not be loaded for attention patterns: {e}"}
+    from saecircuits import tasks
+
+    cfg = circuit.get("config", {})
+    task = tasks.build(circuit["task"], model, n=cfg.get("prompts", 16), seed=cfg.get("seed", 0),
+                       **(cfg.get("task_options") or {}))
+    result = attention_patterns(model, task.clean[:1], heads)
+    result["prompt"] = model.to_string(task.clean[0])
+    examples = circuit.get("examples") or []
+    if examples and not result["prompt"].endswith(examples[0]):
+        result["warning"] = f"the rebuilt task's first prompt differs from the circuit's first example {examples[0]!r}"
+    result["selection"] = f"the circuit's {len(heads)} heads with the largest |patching effect|, on the task's first clean prompt"
+    return result
+
+
+# --- per-head pages -------------------------------------------------------------------------------
+
+def _head_pages(ctx: _Context, results: dict) -> dict:
+    """For every head the report names (circuit, composition tables, attention): its numbers and edges."""
+    circuit = results["circuit"]
+    if "missing" in circuit:
+        return {}
+    named = list(circuit["heads"])
+    for rows in (results["heads"].get("top_edges") or {}).values():
+        for e in rows:
+            named += [e["sender"], e["receiver"]]
+    named += [h["head"] for h in results["attention"].get("heads", [])]
+    weight_edges = _weight_edges(ctx)
+    pe, ae, codes = circuit["patching_effect"], circuit["ablation_effect"], circuit.get("sae_code_scores")
+    pages = {}
+    for h in dict.fromkeys(named):
+        if not re.fullmatch(r"\d+\.\d+", h):  # the name becomes a file name
+            continue
+        L, i = (int(x) for x in h.split("."))
+        if L >= len(pe) or i >= len(pe[L]):
+            continue
+        ins = sorted((e for e in weight_edges if e["receiver"] == h), key=lambda e: -(e["z"] or 0))[:10]
+        outs = sorted((e for e in weight_edges if e["sender"] == h), key=lambda e: -(e["z"] or 0))[:10]
+        pages[h] = {"head": h, "layer": L, "index": i, "in_circuit": h in circuit["heads"],
+                    "patching_effect": pe[L][i], "ablation_effect": ae[L][i],
+                    "sae_code_score": codes[L][i] if codes else None,
+                    "composition_in": ins, "composition_out": outs,
+                    "circuit_edges": [e for e in circuit["edges"]["circuit"] if h in (e["sender"], e["receiver"])],
+                    "href": f"heads/{h}.html"}
+    return pages
+
+
+# --- layers ---------------------------------------------------------------------------------------
+
+def _layers(ctx: _Context) -> dict:
+    from saecircuits.layers.figures import FIGURES, finite
+
+    out = {}
+    for f in sorted((ctx.run / "layers").glob("*.json")):
+        if f.name == "stage.json":
+            continue
+        r = read_json(f, what="layer analysis")
+        if isinstance(r, dict) and r.get("analysis") in FIGURES:
+            out[f.stem] = finite({k: v for k, v in r.items() if k != "files"})
+    return {"analyses": out} if out else {"missing": "no layer analysis JSON in layers/"}
+
+
+def load_results(path: str | Path) -> dict:
+    """A report's results.json, checked to be one."""
+    r = read_json(path, what="report results")
+    if not isinstance(r, dict) or r.get("schema") != SCHEMA:
+        raise SaecircuitsError(f"{path} is not a report results.json (schema {SCHEMA})",
+                               "pass the results.json a report folder holds (saecircuits report RUN_DIR writes one)")
+    return r
+
+
+__all__ = ["SCHEMA", "attention_patterns", "collect", "key_heads", "load_results"]
