@@ -41,6 +41,7 @@ from saecircuits.store import ActivationStore, Site, StoreConfig
 from saecircuits.text import TextConfig, TextSource
 from saecircuits.tracking import Run, WandbConfig
 
+MAX_SAES = 1024  # a sweep past this is almost surely a typo (and would not fit in memory)
 SWEEPABLE = {"hook", "hook_out", "architecture", "d_sae", "expansion", "k", "lr", "l1_coefficient", "l0_coefficient", "seed", "aux_coefficient"}
 
 
@@ -87,11 +88,14 @@ class TrainConfig(Config):
             sweep = entry["sweep"]
             if not isinstance(sweep, dict) or not sweep:
                 raise ValueError("sweep must map field names to lists of values")
-            bad = sorted(set(sweep) - SWEEPABLE)
+            bad = sorted((k for k in sweep if k not in SWEEPABLE), key=str)
             if bad:
                 raise ValueError(f"sweep over {bad[0]!r} is not supported; sweepable: {', '.join(sorted(SWEEPABLE))}")
             keys = list(sweep)
             lists = [val if isinstance(val, list) else [val] for val in sweep.values()]
+            n = math.prod(len(x) for x in lists)
+            if len(out) + n > MAX_SAES:
+                raise ValueError(f"the sweep makes {n:,} SAEs; one run trains at most {MAX_SAES:,} from one stream")
             out.extend({**base, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*lists))
         return out
 
