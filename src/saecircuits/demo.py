@@ -205,6 +205,25 @@ def layers_stage(cfg: DemoConfig, model, out: Path) -> dict:
                                  "text": cfg.text}).run(fn)
 
 
+def report_stage(cfg: DemoConfig, model, out: Path, run: Run) -> dict:
+    """The report from every earlier stage's files; redone whenever any of their results changed."""
+    import hashlib
+
+    from saecircuits.report import report_run
+    from saecircuits.report.collect import SCHEMA
+
+    stages = ("train", "dashboards", "matching", "heads", "circuit", "layers")
+    digest = hashlib.sha256(b"".join((out / s / "stage.json").read_bytes() for s in stages
+                                     if (out / s / "stage.json").exists())).hexdigest()
+
+    def fn(folder: Path) -> dict:
+        paths = report_run(out, folder, model=model, run=run)
+        return {"html": str(paths["html"]), "markdown": str(paths["markdown"]), "results": str(paths["results"]),
+                "figures": sorted(paths["figures"]), "tables": sorted(paths["tables"])}
+
+    return Stage(out, "report", {"stages": digest, "schema": SCHEMA}).run(fn)
+
+
 def run(cfg: DemoConfig) -> dict:
     """Run every stage; returns {stage: its result}."""
     from saecircuits import models
@@ -223,6 +242,7 @@ def run(cfg: DemoConfig) -> dict:
         results["heads"] = heads_stage(cfg, model, out)
         results["circuit"] = circuit_stage(cfg, model, out)
         results["layers"] = layers_stage(cfg, model, out)
+        results["report"] = report_stage(cfg, model, out, run)
     finally:
         results["wandb_sync"] = run.finish()
     results["closing"] = closing_lines(out, results)
