@@ -153,7 +153,7 @@ def main() -> None:
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         results.append(run_model(name, args, ensure_dir(root / name)))
-        write_json(root / "summary.json", figures.finite({"args": vars(args), "models": results}))
+        write_json(root / "summary.json", {"args": vars(args), "models": results})
     md = markdown(results, args)
     write_text(root / "summary.md", md)
     print(md)

@@ -15,7 +15,6 @@ and returns one JSON-able results dict plus a networkx graph (heads as ``L.H`` n
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -318,17 +317,6 @@ def summary_lines(results: dict) -> list[str]:
     return lines
 
 
-def _finite(obj):
-    """NaN and infinities become None, so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def write_results(results: dict, out: str | Path) -> dict[str, Path]:
     """Write results.json (every number), circuit.json, graph.graphml, graph.json and edge_scores.safetensors."""
     import json
@@ -339,8 +327,7 @@ def write_results(results: dict, out: str | Path) -> dict[str, Path]:
     paths = {"results": out / "results.json", "circuit": out / "circuit.json", "graphml": out / "graph.graphml",
              "graph_json": out / "graph.json"}
     graph: nx.DiGraph = results["graph"]
-    plain = _finite({k: v for k, v in results.items() if k not in ("graph", "edge_scores")})
-    write_json(paths["results"], plain)
+    write_json(paths["results"], {k: v for k, v in results.items() if k not in ("graph", "edge_scores")})
     write_json(paths["circuit"], {"model": results["model"], "task": results["task"], **results["circuit"],
                                   "edges": results.get("edges", {}).get("circuit_edges", []),
                                   "faithfulness": results["validation"]["faithfulness"]})

@@ -146,7 +146,8 @@ def matching_stage(cfg: DemoConfig, model, out: Path, trained: dict) -> dict:
     """Every pair of the demo's SAEs, matched by activations over the same text (one forward pass)."""
     from saecircuits.hooks import layer_of
     from saecircuits.match_outputs import write_match
-    from saecircuits.matching import MatchConfig, as_json, match_saes
+    from saecircuits.files import plain_json
+    from saecircuits.matching import MatchConfig, match_saes
     from saecircuits.sae import format as sae_format
 
     def fn(folder: Path) -> dict:
@@ -159,7 +160,7 @@ def matching_stage(cfg: DemoConfig, model, out: Path, trained: dict) -> dict:
                          random_subsets=0)  # the shuffled-pairing null is the test; subsets would triple the time
         result = match_saes(saes, saes, model, cfg=mc, pairs=pairs)  # one suite: every SAE on both sides
         written = write_match(result, folder)
-        return {"files": as_json(written), "results": as_json([{k: v for k, v in r.items() if k != "pairs"}
+        return {"files": plain_json(written), "results": plain_json([{k: v for k, v in r.items() if k != "pairs"}
                                                                 for r in result["results"]]),
                 "timing": result["timing"]}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -92,21 +93,34 @@ def write_bytes(target: str | Path, data: bytes) -> Path:
 
 
 def write_json(target: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    return write_text(target, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+    """Strict JSON (see ``plain_json``): NaN and infinities are written as null."""
+    return write_text(target, json.dumps(plain_json(obj), indent=indent, allow_nan=False) + "\n")
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, (torch.dtype,)):
-        return str(o).removeprefix("torch.")
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def plain_json(obj: Any) -> Any:
+    """A copy made of JSON types only: NaN / inf floats become None, tensors and arrays lists, numpy
+    scalars Python numbers, paths and dtypes strings, networkx graphs node-link data, dict keys strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str) else str(k): plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_json(v) for v in obj]
+    if isinstance(obj, torch.dtype):
+        return str(obj).removeprefix("torch.")
+    if isinstance(obj, Path):
+        return str(obj)
+    if type(obj).__module__.startswith("networkx"):
+        import networkx as nx
+
+        return plain_json(nx.node_link_data(obj, edges="edges"))
+    if hasattr(obj, "tolist"):  # tensors, arrays and numpy scalars
+        return plain_json(obj.tolist())
+    if hasattr(obj, "item"):
+        return plain_json(obj.item())
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

@@ -44,6 +44,7 @@ from transformer_lens import HookedTransformer
 from saecircuits.config import Config
 from saecircuits.errors import SaecircuitsError
 from saecircuits.files import ensure_dir, save_tensors, write_json, write_text
+from saecircuits.hooks import head_name
 
 KINDS = ("Q", "K", "V")
 CHUNK_BYTES = 256 * 2**20  # bound on the per-edge channel intermediates
@@ -60,10 +61,6 @@ class HeadGraphConfig(Config):
     null_draws: int = Field(128, ge=2, le=1024, description="random same-spectrum senders per pair for the z-scores")
     top_channels: int = Field(3, ge=1, description="channels listed on each edge")
     seed: int = 0
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"{layer}.{head}"
 
 
 @dataclass
@@ -412,21 +409,10 @@ def save(graph: nx.DiGraph, scores: dict[str, torch.Tensor], out: str | Path) ->
                 data[key] = json.dumps(value)  # GraphML holds scalars only
     paths = {"graphml": out / "heads.graphml", "json": out / "heads.json", "scores": out / "scores.safetensors"}
     write_text(paths["graphml"], "\n".join(nx.generate_graphml(flat)) + "\n")
-    write_json(paths["json"], _json_safe(nx.node_link_data(graph, edges="edges")))
+    write_json(paths["json"], graph)
     save_tensors(paths["scores"], scores, metadata={"layout": "heads flattened layer-major: index = layer * n_heads + head; "
                                                               "[sender, receiver]; NaN where the sender is not in an earlier layer"})
     return paths
-
-
-def _json_safe(obj):
-    """NaN and infinities become null (JSON has no NaN)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def run(model: str | HookedTransformer, out: str | Path, cfg: HeadGraphConfig | None = None) -> dict:
@@ -451,5 +437,5 @@ def run(model: str | HookedTransformer, out: str | Path, cfg: HeadGraphConfig | 
         "top_edges": {kind: top_edges(scores, kind, 10) for kind in KINDS},
         "files": {k: str(v) for k, v in paths.items()},
     }
-    write_json(Path(out) / "summary.json", _json_safe(summary))
+    write_json(Path(out) / "summary.json", summary)
     return summary

@@ -14,6 +14,11 @@ _LAYER = re.compile(r"^blocks\.(\d+)\.")
 HEAD_HOOKS = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result")
 
 
+def head_name(layer: int, head: int) -> str:
+    """The name of an attention head in graphs, tables and reports: ``"L.H"``."""
+    return f"{layer}.{head}"
+
+
 def layer_of(hook_name: str) -> int | None:
     """The block index of a hook (``blocks.6.hook_resid_post`` -> 6); None for hooks outside the blocks."""
     m = _LAYER.match(hook_name)

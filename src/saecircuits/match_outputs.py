@@ -19,15 +19,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from saecircuits.files import ensure_dir, save_figure, write_bytes, write_text
-from saecircuits.files import write_json as _write_json
-
-
-def write_json(target, obj, indent: int | None = 2):
-    """Strict JSON (NaN written as null, graphs as node-link data)."""
-    from saecircuits.matching import as_json
-
-    return _write_json(target, as_json(obj), indent=indent)
+from saecircuits.files import ensure_dir, save_figure, write_bytes, write_json, write_text
 
 
 def _safe(name: str) -> str:

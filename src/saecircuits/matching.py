@@ -49,6 +49,7 @@ from saecircuits import hooks as hooklib
 from saecircuits.alignment import Rule
 from saecircuits.config import Config
 from saecircuits.errors import SaecircuitsError
+from saecircuits.progress import TokenBar
 from saecircuits.sae import SparseAutoencoder
 from saecircuits.text import TextConfig
 
@@ -830,8 +831,6 @@ def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAut
     text is aligned across the two tokenizers by character offsets (``saecircuits.alignment``).
     Returns {"config", "models", "timing", "results": [pair_result ...]}.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     cfg = cfg or MatchConfig()
     same = model_b is None or model_b is model_a
     sites_a = [s.cfg.hook for s in saes_a.values()]
@@ -847,12 +846,10 @@ def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAut
     else:
         stream = aligned_model_batches(model_a, sites_a, model_b, sites_b, cfg.text, None, cfg.batch_contexts, cfg.alignment)
     start = time.perf_counter()
-    with Progress(TextColumn("match"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
-                  TimeRemainingColumn(), disable=not progress, transient=True) as bar:
-        task = bar.add_task("match", total=cfg.tokens)
+    with TokenBar("match", cfg.tokens, enabled=progress, transient=True) as bar:
         for batch in stream:
             matcher.update(batch)
-            bar.update(task, completed=matcher.compared)
+            bar.update(matcher.compared)
             if matcher.compared >= cfg.tokens:
                 break
     stream_seconds = time.perf_counter() - start
@@ -897,20 +894,3 @@ def sae_names(folders: list[str | Path]) -> list[str]:
     return names
 
 
-def as_json(obj):
-    """A result made strictly JSON-able: graphs become node-link data, NaN/inf become None, arrays lists."""
-    if isinstance(obj, nx.Graph):
-        return as_json(nx.node_link_data(obj, edges="edges"))
-    if isinstance(obj, dict):
-        return {str(k): as_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [as_json(v) for v in obj]
-    if isinstance(obj, (np.ndarray, torch.Tensor)):
-        return as_json(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj

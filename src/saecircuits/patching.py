@@ -30,11 +30,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saecircuits.errors import SaecircuitsError
+from saecircuits.hooks import head_name
 from saecircuits.tasks import Task, unembed
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"{layer}.{head}"
 
 
 def all_head_names(model: HookedTransformer) -> list[str]:

@@ -14,17 +14,6 @@ from saecircuits import files  # noqa: E402
 from saecircuits.files import ensure_dir, write_json  # noqa: E402
 
 
-def finite(obj):
-    """A copy with NaN / inf floats as None, so the JSON is standard."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
-
-
 def save_figure(fig, out: str | Path, name: str) -> list[Path]:
     return files.save_figure(fig, Path(out) / name)
 
@@ -32,7 +21,7 @@ def save_figure(fig, out: str | Path, name: str) -> list[Path]:
 def write(out: str | Path, name: str, result: dict) -> dict:
     """``name.json`` and ``name.png`` / ``name.pdf`` in ``out``; returns the paths written."""
     out = ensure_dir(out)
-    json_path = write_json(out / f"{name}.json", finite(result))
+    json_path = write_json(out / f"{name}.json", result)
     fig = FIGURES[result["analysis"]](result)
     return {"json": str(json_path), "figures": [str(p) for p in save_figure(fig, out, name)]}
 

@@ -25,9 +25,9 @@ __all__ = ["collect", "load_results", "log_report", "regenerate", "report_run", 
 def _plain(results: dict) -> dict:
     """The results exactly as results.json holds them (strict JSON), so a first write and a regeneration
     from the file draw the same figures."""
-    from saecircuits.layers.figures import finite
+    from saecircuits.files import plain_json
 
-    return json.loads(json.dumps(finite(results), allow_nan=False, default=str))
+    return json.loads(json.dumps(plain_json(results), allow_nan=False))
 
 
 def write_report(results: dict, out_dir: str | Path, run=None) -> dict:

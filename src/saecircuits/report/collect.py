@@ -463,7 +463,8 @@ def _head_pages(ctx: _Context, results: dict) -> dict:
 # --- layers ---------------------------------------------------------------------------------------
 
 def _layers(ctx: _Context) -> dict:
-    from saecircuits.layers.figures import FIGURES, finite
+    from saecircuits.files import plain_json
+    from saecircuits.layers.figures import FIGURES
 
     out = {}
     for f in sorted((ctx.run / "layers").glob("*.json")):
@@ -471,7 +472,7 @@ def _layers(ctx: _Context) -> dict:
             continue
         r = read_json(f, what="layer analysis")
         if isinstance(r, dict) and r.get("analysis") in FIGURES:
-            out[f.stem] = finite({k: v for k, v in r.items() if k != "files"})
+            out[f.stem] = plain_json({k: v for k, v in r.items() if k != "files"})
     return {"analyses": out} if out else {"missing": "no layer analysis JSON in layers/"}
 
 
