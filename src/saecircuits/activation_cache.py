@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from saecircuits.errors import SaecircuitsError
 from saecircuits.files import ensure_dir, read_json, save_tensors, write_json
 from saecircuits.models import fingerprint
+from saecircuits.progress import TokenBar
 from saecircuits.store import DTYPES, ActivationStore, ModelActivations, Rows, Site, StoreConfig, expand_sites
 from saecircuits.text import Split, TextSource
 
@@ -101,7 +102,7 @@ def build_cache(
         contexts = text.contexts(split)
         for _ in range(manifest["n_contexts"]):
             next(contexts, None)
-        bar = _progress(progress, manifest["n_contexts_target"] * text.cfg.context_size, manifest["n_contexts"] * text.cfg.context_size)
+        bar = TokenBar("caching activations", manifest["n_contexts_target"] * text.cfg.context_size, manifest["n_contexts"] * text.cfg.context_size, enabled=progress)
         try:
             while manifest["n_contexts"] < manifest["n_contexts_target"]:
                 want = min(manifest["shard_contexts"], manifest["n_contexts_target"] - manifest["n_contexts"])
@@ -143,44 +144,6 @@ def _compute_shard(acts: ModelActivations, contexts: Iterator[np.ndarray], want:
     if not parts:
         return None
     return Rows.cat(parts), torch.cat(per_context)
-
-
-class _Progress:
-    def __init__(self, total: int, done: int):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("caching activations"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
-                          TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=_stderr())
-        self.task = self.p.add_task("cache", total=total, completed=done, rate="")
-        self.p.start()
-        self.t0, self.n = None, 0
-
-    def advance(self, n: int) -> None:
-        import time
-
-        now = time.perf_counter()
-        self.t0 = self.t0 or now
-        self.n += n
-        rate = f"{self.n / max(now - self.t0, 1e-9):,.0f} tok/s" if now > self.t0 else ""
-        self.p.update(self.task, advance=n, rate=rate)
-
-    def close(self) -> None:
-        self.p.stop()
-
-
-class _NoProgress:
-    def advance(self, n: int) -> None: ...
-    def close(self) -> None: ...
-
-
-def _stderr():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _progress(enabled: bool, total: int, done: int):
-    return _Progress(total, done) if enabled else _NoProgress()
 
 
 def _read_manifest(folder: Path) -> dict:

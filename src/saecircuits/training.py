@@ -34,6 +34,7 @@ from saecircuits.config import Config
 from saecircuits.errors import SaecircuitsError
 from saecircuits.evaluation import SAEUnderTest, density_histogram, evaluate
 from saecircuits.files import ensure_dir, load_tensors, read_json, recover_dir, replace_dir, save_tensors, write_json
+from saecircuits.progress import TokenBar
 from saecircuits.sae import SAEConfig, SparseAutoencoder, build
 from saecircuits.sae import format as sae_format
 from saecircuits.sae.topk import fired_latents
@@ -392,7 +393,7 @@ class Trainer:
         total = self.total_steps * bs
         ckpt_every = self.cfg.checkpoint_every_tokens
         eval_every = self.cfg.eval.every_tokens
-        bar = _Bar(self.progress, total, self.step * bs)
+        bar = TokenBar("training", total, self.step * bs, enabled=self.progress)
         start = time.perf_counter() - self.seconds
         last_ckpt = self.step * bs
         per_process = self.total_steps * self.store.cfg.batch_size_tokens
@@ -405,7 +406,7 @@ class Trainer:
                 self.seconds = time.perf_counter() - start
                 if self.step % self.cfg.log_every_steps == 0 or self.step == self.total_steps:
                     row = self._log(logs, tokens, tokens / self.seconds)
-                    bar.update(tokens, row, self.all_names[0])
+                    bar.update(tokens, _bar_info(row, self.all_names[0]))
                 else:
                     bar.update(tokens)
                 if eval_every and tokens // eval_every > (tokens - bs) // eval_every and self.text is not None:
@@ -480,30 +481,10 @@ class Trainer:
         return out
 
 
-class _Bar:
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.p = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.p = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
-                              TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True))
-            self.task = self.p.add_task("train", total=total, completed=done, info="")
-            self.p.start()
-
-    def update(self, tokens: int, row: dict | None = None, first: str | None = None) -> None:
-        if self.p is None:
-            return
-        info = None
-        if row is not None:
-            r = row[first]
-            info = f"{row['tokens_per_second']:,.0f} tok/s  {first[:40]}: EV {r['explained_variance']:.3f} L0 {r['l0']:.1f}"
-        self.p.update(self.task, completed=tokens, **({"info": info} if info else {}))
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
+def _bar_info(row: dict, first: str) -> str | None:
+    """The first SAE's latest explained variance and L0, for the progress bar (None on a rank without it)."""
+    r = row.get(first)
+    return None if r is None else f"{first[:40]}: EV {r['explained_variance']:.3f} L0 {r['l0']:.1f}"
 
 
 def _sites(saes: list[SAEConfig]) -> list[str]:

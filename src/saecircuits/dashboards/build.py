@@ -36,6 +36,7 @@ from saecircuits.dashboards.stats import STATE_FORMAT, WINDOW_PAD, FeatureStats
 from saecircuits.dashboards.weights import logit_effects, nearest_features, residual_directions
 from saecircuits.errors import SaecircuitsError
 from saecircuits.files import ensure_dir, load_tensors, read_json, recover_dir, replace_dir, save_tensors, write_json, write_text
+from saecircuits.progress import TokenBar
 from saecircuits.text import TextConfig, TextSource
 from saecircuits.tracking import Run, WandbConfig
 
@@ -196,9 +197,9 @@ def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = Fals
     for _ in range(start_batch * B):  # resuming: tokenize past finished batches, no forward pass
         if next(contexts, None) is None:
             break
-    bar = _Bar(progress, n_batches * B * T, start_batch * B * T)
+    bar = TokenBar("dashboards", n_batches * B * T, start_batch * B * T, enabled=progress)
     batch_index = start_batch
-    t0, tokens0 = time.perf_counter(), int(stats.t["n_tokens"])
+    t0 = time.perf_counter()
 
     def state(done: bool) -> dict:
         return {"fingerprint": fp, "batches": batch_index, "done": done, "exhausted": exhausted,
@@ -218,8 +219,7 @@ def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = Fals
                 f.mul_(keep[:, None])
                 stats.update(f.view(len(batch), T, -1), tokens, int(keep.sum()), batch_index * B, batch_index)
                 batch_index += 1
-                rate = (int(stats.t["n_tokens"]) - tokens0) / max(time.perf_counter() - t0, 1e-9)
-                bar.update(batch_index * B * T, f"{rate:,.0f} tok/s")
+                bar.update(batch_index * B * T)
                 if batch_index % cfg.checkpoint_every == 0 and batch_index < n_batches:
                     _save_checkpoint(folder, stats, state(False))
     finally:
@@ -229,29 +229,6 @@ def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = Fals
     final = state(True)
     _save_checkpoint(folder, stats, final)
     return {"stats": stats, "resumed_from_batch": start_batch, "exhausted": exhausted, "seconds": final["seconds"]}
-
-
-class _Bar:
-    """A rich progress bar over tokens (or nothing)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.p = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.p = Progress(TextColumn("dashboards"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
-                              TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True))
-            self.task = self.p.add_task("dashboards", total=total, completed=done, info="")
-            self.p.start()
-
-    def update(self, done: int, info: str) -> None:
-        if self.p is not None:
-            self.p.update(self.task, completed=done, info=info)
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
 
 
 # ---------------------------------------------------------------- weights and views
