@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from saecircuits.errors import SaecircuitsError
@@ -45,7 +46,7 @@ def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = No
         except SaecircuitsError as e:
             if _state["debug"]:
                 raise
-            console.print(f"[bold red]error:[/bold red] {e}", highlight=False, markup=True, soft_wrap=True)
+            console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]; finished work is kept, rerun to resume")
@@ -61,7 +62,7 @@ def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = No
             if _state["debug"]:
                 raise
             console.print(
-                f"[bold red]internal error:[/bold red] {type(e).__name__}: {e}\n"
+                f"[bold red]internal error:[/bold red] {type(e).__name__}: {escape(str(e))}\n"
                 "rerun with --debug for the traceback and report it",
                 highlight=False,
             )
@@ -534,7 +535,7 @@ def circuit_cmd(
         data["sae_codes"] = None
     cfg = validate(CircuitConfig, data, where="circuit")
     lm = m.load(model)
-    results = find_and_validate(lm, None, cfg, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False))
+    results = find_and_validate(lm, None, cfg, progress=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
     paths = write_results(results, out)
     for line in summary_lines(results):
         Console().print(line, highlight=False)
