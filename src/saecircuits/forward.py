@@ -109,14 +109,20 @@ class LeanForward:
             qkv = torch.cat([t.permute(1, 0, 2).reshape(d, -1) for t in (a.W_Q, wk, wv)], 1).T.contiguous()
             b_qkv = torch.cat([t.reshape(-1) for t in (a.b_Q, bk, bv)])
             w: dict[str, torch.Tensor | None] = {
-                "qkv": qkv, "b_qkv": b_qkv if bool(b_qkv.any()) else None,
-                "o": a.W_O.reshape(-1, d).T.contiguous(), "b_o": a.b_O,
+                "qkv": qkv, "b_qkv": _nonzero(b_qkv), "o": a.W_O.reshape(-1, d).T.contiguous(), "b_o": _nonzero(a.b_O),
             }
-            if not self.model.cfg.attn_only:
+            c = self.model.cfg
+            if c.positional_embedding_type == "rotary" and not c.rotary_adjacent_pairs:
+                half = c.rotary_dim // 2
+                w["cos"] = a.rotary_cos.clone()
+                w["sin"] = torch.cat([-a.rotary_sin[:, :half], a.rotary_sin[:, half:]], 1)  # the sign of rotate_every_two
+            if not c.attn_only:
                 mlp = blk.mlp
                 ins = [mlp.W_gate, mlp.W_in] if hasattr(mlp, "W_gate") else [mlp.W_in]
                 w["in"] = torch.cat(ins, 1).T.contiguous()
+                w["b_in"] = _nonzero(mlp.b_in)
                 w["out"] = mlp.W_out.T.contiguous()
+                w["b_out"] = _nonzero(mlp.b_out)
         self._weights[layer] = w
         return w
 
@@ -135,24 +141,24 @@ class LeanForward:
         with m.hooks(fwd_hooks=tl_hooks):
             resid, _, _, _ = m.input_to_embed(tokens.to(m.cfg.device))
             for layer in range(stop):
-                resid = self._block(layer, resid, keep)
+                resid = self._block(layer, resid, keep, want)
         return out
 
-    def _block(self, layer: int, resid: torch.Tensor, keep) -> torch.Tensor:
+    def _block(self, layer: int, resid: torch.Tensor, keep, want: set[str]) -> torch.Tensor:
         m, c = self.model, self.model.cfg
         blk = m.blocks[layer]
         p = f"blocks.{layer}."
         keep(p + "hook_resid_pre", resid)
-        attn_out = self._attention(layer, blk.ln1(resid), keep, p)
+        attn_out = self._attention(layer, _norm(blk.ln1, resid, p + "ln1.hook_normalized" in want), keep, p)
         keep(p + "hook_attn_out", attn_out)
         if c.attn_only:
             resid = resid + attn_out
         elif c.parallel_attn_mlp:
-            resid = resid + attn_out + self._mlp(blk, blk.ln2(resid), keep, p)
+            resid = resid + attn_out + self._mlp(blk, _norm(blk.ln2, resid, p + "ln2.hook_normalized" in want), keep, p)
         else:
             resid = resid + attn_out
             keep(p + "hook_resid_mid", resid)
-            resid = resid + self._mlp(blk, blk.ln2(resid), keep, p)
+            resid = resid + self._mlp(blk, _norm(blk.ln2, resid, p + "ln2.hook_normalized" in want), keep, p)
         keep(p + "hook_resid_post", resid)
         return resid
 
@@ -162,13 +168,16 @@ class LeanForward:
         w = self._layer(layer)
         b, t, _ = h.shape
         n_q, n_kv, dh = c.n_heads, c.n_key_value_heads or c.n_heads, c.d_head
-        q, k, v = F.linear(h, w["qkv"], w["b_qkv"]).split([n_q * dh, n_kv * dh, n_kv * dh], dim=-1)
-        q, k, v = q.view(b, t, n_q, dh), k.view(b, t, n_kv, dh), v.view(b, t, n_kv, dh)
-        keep(p + "attn.hook_q", q)
-        keep(p + "attn.hook_k", k)
+        qk, v = F.linear(h, w["qkv"], w["b_qkv"]).split([(n_q + n_kv) * dh, n_kv * dh], dim=-1)
+        qk, v = qk.view(b, t, n_q + n_kv, dh), v.view(b, t, n_kv, dh)
+        keep(p + "attn.hook_q", qk[:, :, :n_q])
+        keep(p + "attn.hook_k", qk[:, :, n_q:])
         keep(p + "attn.hook_v", v)
-        if c.positional_embedding_type == "rotary":
-            q, k = a.apply_rotary(q, 0, None), a.apply_rotary(k, 0, None)
+        if "cos" in w and t <= len(w["cos"]):  # queries and keys rotated together, in three passes
+            qk = _rotate(qk, w["cos"][:t, None], w["sin"][:t, None], c.rotary_dim)
+        elif c.positional_embedding_type == "rotary":
+            qk = torch.cat([a.apply_rotary(qk[:, :, :n_q], 0, None), a.apply_rotary(qk[:, :, n_q:], 0, None)], 2)
+        q, k = qk[:, :, :n_q], qk[:, :, n_q:]
         z = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
             scale=1.0 / float(a.attn_scale), enable_gqa=n_kv != n_q,
@@ -179,20 +188,52 @@ class LeanForward:
     def _mlp(self, blk, h: torch.Tensor, keep, p: str) -> torch.Tensor:
         mlp = blk.mlp
         w = self._layer(int(p.split(".")[1]))
-        pre = F.linear(h, w["in"])
         if hasattr(mlp, "W_gate"):
-            pre, lin = pre.chunk(2, dim=-1)
+            pre, lin = F.linear(h, w["in"]).chunk(2, dim=-1)
             keep(p + "mlp.hook_pre", pre)
             keep(p + "mlp.hook_pre_linear", lin)
-            post = mlp.act_fn(pre) * lin + mlp.b_in
+            post = mlp.act_fn(pre).mul_(lin)
+            if w["b_in"] is not None:
+                post = post + w["b_in"]
         else:
-            pre = pre + mlp.b_in
+            pre = F.linear(h, w["in"], w["b_in"])
             keep(p + "mlp.hook_pre", pre)
             post = mlp.act_fn(pre)
         keep(p + "mlp.hook_post", post)
-        out = F.linear(post, w["out"], mlp.b_out)
+        out = F.linear(post, w["out"], w["b_out"])
         keep(p + "hook_mlp_out", out)
         return out
+
+
+def _nonzero(bias: torch.Tensor) -> torch.Tensor | None:
+    """None for an all-zero bias (SmolLM2 and Gemma have none), so the matmul skips adding it."""
+    return bias if bool(bias.any()) else None
+
+
+_FUSED_NORMS = {"LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre"}
+
+
+def _norm(ln, x: torch.Tensor, hooked: bool) -> torch.Tensor:
+    """TransformerLens's norm module as one fused op (``F.layer_norm`` / ``F.rms_norm``: the same math in
+    one pass instead of five); through the module itself when its hooks are asked for, or when it would
+    round-trip a low-precision input through float32."""
+    kind = type(ln).__name__
+    if hooked or kind not in _FUSED_NORMS or x.dtype not in (torch.float32, torch.float64):
+        return ln(x)
+    d = (x.shape[-1],)
+    weight, bias = getattr(ln, "w", None), getattr(ln, "b", None)
+    if kind.startswith("RMS"):
+        return F.rms_norm(x, d, weight, ln.eps)
+    return F.layer_norm(x, d, weight, bias, ln.eps)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """Rotary embedding of x [batch, pos, head, d_head] as TransformerLens applies it (halves, not adjacent
+    pairs): x * cos + rotate_every_two(x) * sin, with the sign of rotate_every_two folded into ``signed_sin``."""
+    half = rotary_dim // 2
+    xr = x[..., :rotary_dim]
+    out = torch.addcmul(xr * cos, torch.cat([xr[..., half:], xr[..., :half]], -1), signed_sin)
+    return out if rotary_dim == x.shape[-1] else torch.cat([out, x[..., rotary_dim:]], -1)
 
 
 def _saver(out: dict):
