@@ -83,9 +83,10 @@ def machine() -> dict:
 
 
 def write(name: str, data: dict, markdown: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    from saecircuits.files import write_json, write_text
+
+    write_json(RESULTS / f"{name}.json", data)
+    write_text(RESULTS / f"{name}.md", markdown.rstrip() + "\n")
     print(markdown)
 
 
