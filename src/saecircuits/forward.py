@@ -141,10 +141,12 @@ class LeanForward:
         with m.hooks(fwd_hooks=tl_hooks):
             resid, _, _, _ = m.input_to_embed(tokens.to(m.cfg.device))
             for layer in range(stop):
-                resid = self._block(layer, resid, keep, want)
+                resid = self.block(layer, resid, keep, want)
         return out
 
-    def _block(self, layer: int, resid: torch.Tensor, keep, want: set[str]) -> torch.Tensor:
+    def block(self, layer: int, resid: torch.Tensor, keep, want: frozenset[str] | set[str] = frozenset()) -> torch.Tensor:
+        """Block ``layer`` on ``resid`` [batch, pos, d_model]; every activation is handed to ``keep(name, value)``
+        (editing a value in place intervenes); ``want``: the hooks asked for (norm hooks go through TransformerLens)."""
         m, c = self.model, self.model.cfg
         blk = m.blocks[layer]
         p = f"blocks.{layer}."

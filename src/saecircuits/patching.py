@@ -137,7 +137,7 @@ class HeadPatcher:
                 value.copy_(f(value))
 
         for layer in range(start, self.n_layers):
-            resid = self._lean._block(layer, resid, keep)
+            resid = self._lean.block(layer, resid, keep)
         return resid
 
     def sweep(self, values: torch.Tensor, layers: Sequence[int] | None = None) -> torch.Tensor:
