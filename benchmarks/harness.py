@@ -107,6 +107,35 @@ def shared_tokens(model_name: str, n_contexts: int, context_size: int = 128, sou
     return path
 
 
+def smollm2(model_batch: int = 8, context: int = 128):
+    """SmolLM2-135M, warmed up by one forward (outside any timing; the same for every side)."""
+    import torch
+
+    from saecircuits.models import load
+
+    model = load("smollm2-135m")
+    with torch.inference_mode():
+        model(torch.randint(3, 1000, (model_batch, context)), stop_at_layer=8)
+    return model
+
+
+def side_bare(args: dict, model_batch: int = 8) -> dict:
+    """The floor: TransformerLens's forward to the deepest of ``args["hooks"]``, over ``args["tokens"]``, nothing else."""
+    import torch
+
+    from saecircuits.files import load_tensors
+    from saecircuits.hooks import stop_at_layer
+
+    model = smollm2(model_batch)
+    tokens = load_tensors(args["tokens"])["tokens"]
+    stop = stop_at_layer(model, args["hooks"])
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(tokens), model_batch):
+            model(tokens[i : i + model_batch], stop_at_layer=stop)
+    return {"seconds": time.perf_counter() - t, "tokens": tokens.numel()}
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

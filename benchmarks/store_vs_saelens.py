@@ -29,36 +29,13 @@ SIX = [f"blocks.{L}.hook_resid_post" for L in (4, 9, 14, 19, 24, 29)]
 
 
 def _model():
-    import torch
-
-    from saecircuits.models import load
-
-    torch.set_grad_enabled(False)
-    model = load("smollm2-135m")
-    with torch.inference_mode():  # warm-up outside the timing, the same for every side
-        model(torch.randint(3, 1000, (MODEL_BATCH, CONTEXT)), stop_at_layer=8)
-    return model
+    return harness.smollm2(MODEL_BATCH, CONTEXT)
 
 
 def _tokens(args):
     from saecircuits.files import load_tensors
 
     return load_tensors(args["tokens"])["tokens"]
-
-
-def side_bare(args: dict) -> dict:
-    """The floor: model forward to the deepest hook's layer, nothing else."""
-    import torch
-
-    from saecircuits.hooks import stop_at_layer
-
-    model, tokens = _model(), _tokens(args)
-    stop = stop_at_layer(model, args["hooks"])
-    t = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(tokens), MODEL_BATCH):
-            model(tokens[i : i + MODEL_BATCH], stop_at_layer=stop)
-    return {"seconds": time.perf_counter() - t, "tokens": tokens.numel()}
 
 
 def side_ours(args: dict) -> dict:
@@ -162,7 +139,7 @@ def side_saelens(args: dict) -> dict:
     return {"seconds": time.perf_counter() - t, "tokens": tokens.numel() * (1 if multi else len(args["hooks"])), "rows": rows}
 
 
-SIDES = {"bare": side_bare, "ours": side_ours, "cache_read": side_cache_read, "saelens": side_saelens}
+SIDES = {"bare": harness.side_bare, "ours": side_ours, "cache_read": side_cache_read, "saelens": side_saelens}
 
 
 def main() -> None:

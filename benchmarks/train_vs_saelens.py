@@ -32,14 +32,7 @@ SUITE = [f"blocks.{L}.hook_resid_post" for L in (4, 9, 14, 19, 24, 29)]
 
 
 def _model():
-    import torch
-
-    from saecircuits.models import load
-
-    model = load("smollm2-135m")
-    with torch.inference_mode():
-        model(torch.randint(3, 1000, (MODEL_BATCH, CONTEXT)), stop_at_layer=8)
-    return model
+    return harness.smollm2(MODEL_BATCH, CONTEXT)
 
 
 def _evaluate(model, sae_dirs: dict[str, str], eval_tokens: str) -> dict:
@@ -53,22 +46,6 @@ def _evaluate(model, sae_dirs: dict[str, str], eval_tokens: str) -> dict:
     res = evaluate(model, saes, tokens, batch_contexts=8, ce=True)
     keep = ("explained_variance", "l0", "dead_latents", "dense_latents", "ce_loss_recovered", "kl_to_clean", "mse")
     return {n: {k: r[k] for k in keep} for n, r in res.items()}
-
-
-def side_bare(args: dict) -> dict:
-    import torch
-
-    from saecircuits.files import load_tensors
-    from saecircuits.hooks import stop_at_layer
-
-    model = _model()
-    tokens = load_tensors(args["tokens"])["tokens"]
-    stop = stop_at_layer(model, args["hooks"])
-    t = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(tokens), MODEL_BATCH):
-            model(tokens[i : i + MODEL_BATCH], stop_at_layer=stop)
-    return {"seconds": time.perf_counter() - t, "tokens": tokens.numel()}
 
 
 def side_ours(args: dict) -> dict:
@@ -168,7 +145,7 @@ def side_saelens_multi(args: dict) -> dict:
     return {"seconds": time.perf_counter() - t, "tokens": args["train_tokens"] * len(args["saes"])}
 
 
-SIDES = {"bare": side_bare, "ours": side_ours, "saelens": side_saelens, "saelens_multi": side_saelens_multi}
+SIDES = {"bare": harness.side_bare, "ours": side_ours, "saelens": side_saelens, "saelens_multi": side_saelens_multi}
 
 
 def ours_saes(specs: list[dict]) -> list[dict]:
