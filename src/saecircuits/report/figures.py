@@ -17,6 +17,7 @@ import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from saecircuits.files import ensure_dir, save_figure  # noqa: E402
 
@@ -235,6 +236,14 @@ def similarity_heatmap(results: dict):
     return fig
 
 
+def _short_count(x: float, _pos=None) -> str:
+    """Tick labels 50k, 1.2M: long token counts overlapped on a narrow axis."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.0f}"
+
+
 def training_curves(results: dict):
     """Training loss and explained variance against tokens, one line per SAE."""
     t = results.get("training")
@@ -253,6 +262,7 @@ def training_curves(results: dict):
     b.set_ylabel("explained variance (training batch)")
     for ax in (a, b):
         ax.set_xlabel("training tokens")
+        ax.xaxis.set_major_formatter(FuncFormatter(_short_count))
         ax.legend(fontsize=7)
     a.set_title("SAE training loss")
     b.set_title("explained variance")
