@@ -482,9 +482,10 @@ class Trainer:
 
 
 def _bar_info(row: dict, first: str) -> str | None:
-    """The first SAE's latest explained variance and L0, for the progress bar (None on a rank without it)."""
+    """The first SAE's latest explained variance and L0, for the progress bar (None on a rank without it);
+    short, so the bar fits an 80-column terminal."""
     r = row.get(first)
-    return None if r is None else f"{first[:40]}: EV {r['explained_variance']:.3f} L0 {r['l0']:.1f}"
+    return None if r is None else f"EV {r['explained_variance']:.3f} L0 {r['l0']:.1f}"
 
 
 def _sites(saes: list[SAEConfig]) -> list[str]:
