@@ -120,6 +120,10 @@ def headline(results: dict) -> list[tuple[str, str]]:
 
 # --- HTML sections --------------------------------------------------------------------------------
 
+# sections drawn from a stage's results: a missing or failed stage shows why instead
+DATA_SECTIONS = {"training", "dashboards", "matching", "heads", "circuit", "layers"}
+
+
 def _section_html(key: str, results: dict, tables: dict[str, Table], figures: dict[str, Path]) -> str:
     T = lambda name: to_html(tables[name]) if name in tables else ""  # noqa: E731
     F = lambda name: _img(figures, name)  # noqa: E731
@@ -131,45 +135,35 @@ def _section_html(key: str, results: dict, tables: dict[str, Table], figures: di
             lead = (f"<p>Circuit heads: {', '.join(_head_link(results, h) for h in c['heads'])}.</p>"
                     f"<p class=meta>Example prompt: <code>{_e((c.get('examples') or [''])[0])}</code></p>")
         return f'<div class="cards">{cards}</div>{lead}'
+    if key in DATA_SECTIONS and not _ok(results[key]):
+        return _missing(results[key])
     if key == "training":
         t = results["training"]
-        if not _ok(t):
-            return _missing(t)
         return (f"<p>{num(len(t['saes']))} SAEs on {_e(t.get('model'))}, {num(t.get('tokens'))} tokens, "
                 f"{num(t.get('steps'))} steps, {num(t.get('seconds'), 1)} s ({num(t.get('tokens_per_second'), 0)} tokens/s).</p>"
                 + T("sae_metrics") + F("training_curves") + F("frontier"))
     if key == "dashboards":
         d = results["dashboards"]
-        if not _ok(d):
-            return _missing(d)
         items = "".join(f'<li><a href="{_e(href(s["href"]))}">{_e(s["label"])}: {_e(s["name"])}</a> '
                         f"({num(s['n_live'])} live / {num(s['n_dead'])} dead of {num(s['n_features'])} features, "
                         f"{num(s['tokens'])} tokens)</li>" for s in d["saes"])
         return f"<ul>{items}</ul>" + T("dashboard_features")
     if key == "matching":
         m = results["matching"]
-        if not _ok(m):
-            return _missing(m)
         return (f"<p>Features matched by {_e(m.get('method'))} assignment of activation correlations over "
                 f"{num(m.get('tokens'))} tokens; similarity p-values from {num(m.get('null'))} shuffled pairings.</p>"
                 + T("matching_pairs") + F("similarity_heatmap") + T("matched_features"))
     if key == "heads":
         h = results["heads"]
-        if not _ok(h):
-            return _missing(h)
         kinds = ", ".join(f"{k} {num(v)}" for k, v in h["edge_kinds"].items())
         return (f"<p>Weight graph of {_e(h.get('model'))}: {num(h['n_nodes'])} heads, {num(h['n_edges'])} edges kept "
                 f"({kinds}) of {num(h.get('pairs'))} sender/receiver pairs, {num(h.get('seconds'), 1)} s. "
                 f"{_e(h.get('note') or '')}</p>" + T("composition_edges"))
     if key == "circuit":
         c = results["circuit"]
-        if not _ok(c):
-            return _missing(c)
         return _circuit_html(results, T, F)
     if key == "layers":
         lay = results["layers"]
-        if not _ok(lay):
-            return _missing(lay)
         return T("layer_numbers") + "".join(F(f"layers_{n}") for n in lay["analyses"])
     if key == "reproducibility":
         return _repro_html(results)
