@@ -14,6 +14,7 @@ class TokenBar:
 
     def __init__(self, label: str, total: int, done: int = 0, enabled: bool = True, transient: bool = False):
         self.p = None
+        self.enabled = enabled
         if not enabled:
             return
         from rich.console import Console

@@ -406,7 +406,8 @@ class Trainer:
                 self.seconds = time.perf_counter() - start
                 if self.step % self.cfg.log_every_steps == 0 or self.step == self.total_steps:
                     row = self._log(logs, tokens, tokens / self.seconds)
-                    bar.update(tokens, _bar_info(row, self.all_names[0]))
+                    # only the main process shows a bar; there the row holds every SAE, also with parallel: saes
+                    bar.update(tokens, _bar_info(row, self.all_names[0]) if bar.enabled else None)
                 else:
                     bar.update(tokens)
                 if eval_every and tokens // eval_every > (tokens - bs) // eval_every and self.text is not None:
@@ -481,11 +482,11 @@ class Trainer:
         return out
 
 
-def _bar_info(row: dict, first: str) -> str | None:
-    """The first SAE's latest explained variance and L0, for the progress bar (None on a rank without it);
-    short, so the bar fits an 80-column terminal."""
-    r = row.get(first)
-    return None if r is None else f"EV {r['explained_variance']:.3f} L0 {r['l0']:.1f}"
+def _bar_info(row: dict, first: str) -> str:
+    """The first SAE's latest explained variance and L0, for the progress bar; short, so the bar fits an
+    80-column terminal."""
+    r = row[first]
+    return f"EV {r['explained_variance']:.3f} L0 {r['l0']:.1f}"
 
 
 def _sites(saes: list[SAEConfig]) -> list[str]:
