@@ -125,8 +125,11 @@ def side_saedashboard(args: dict) -> dict:
     model = _saedash_model(Path(args["model_folder"]))
     sae = SAE.load_from_disk(args["sae"], device="cpu")
     # SaeVisRunner folds decoder norms into the encoder, which SAELens refuses for a TopK SAE saved without
-    # rescale_acts_by_decoder_norm; saecircuits's decoder rows are unit norm, so the fold is the identity: skip it
-    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.cfg.d_sae), atol=1e-4)
+    # rescale_acts_by_decoder_norm. saecircuits's decoder rows share one norm (1, or 1/scale when the input
+    # normalisation was folded in at save time), so skipping the fold keeps the same features and the same
+    # activations as the saecircuits side, which runs the SAE as saved
+    norms = sae.W_dec.norm(dim=1)
+    assert torch.allclose(norms, norms.mean().expand_as(norms), rtol=1e-4), "decoder rows of unequal norm"
     sae.fold_W_dec_norm = lambda: None
     tokens = load_file(args["tokens"])["tokens"][: args["contexts"]]
     ref = load_file(args["reference"])  # saecircuits's layer-6 residual stream on two contexts
