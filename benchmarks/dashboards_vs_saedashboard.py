@@ -24,10 +24,10 @@ HookedSAETransformer from saecircuits's converted weights (safetensors + Transfo
 in ~/.cache/saecircuits/models/smollm2-135m), and checks that its layer-6 residual stream matches
 saecircuits's on two contexts before timing.
 
-The SAE: ``--sae DIR``; by default the layer-6, 4,608-feature SAE in ``runs/bench_layer6_topk/saes/``
-(the lead's benchmark SAE); if there is none, a short one is trained here with
-configs/smollm2_layer6_topk.yaml (``--train-tokens``, default 50,000) into
-``benchmarks/.work/bench_layer6_topk_short``, and the results say which SAE was used.
+The SAE: ``--sae DIR``; by default the layer-6, 4,608-feature SAE that
+``saecircuits train configs/smollm2_layer6_topk.yaml`` writes into ``runs/smollm2_layer6_topk/saes/``
+(TopK k=32, 200k tokens); if there is none, that config is trained here first (``--train-tokens``
+overrides its token count), and the results say which SAE was used.
 
 Run:   python benchmarks/dashboards_vs_saedashboard.py                  (full: 100k tokens, 3 rounds)
 Smoke: python benchmarks/dashboards_vs_saedashboard.py --smoke          (random 32-feature SAE, 256 tokens)
@@ -52,7 +52,7 @@ HOOK = "blocks.6.hook_resid_post"
 CONTEXT = 128
 SPECIAL = [0, 1, 2]  # SmolLM2: <|endoftext|>, <|im_start|>, <|im_end|>
 VENV = harness.WORK / "saedash-venv"
-BENCH_RUN = ROOT / "runs" / "bench_layer6_topk"  # the lead's benchmark training run
+BENCH_RUN = ROOT / "runs" / "smollm2_layer6_topk"  # the out folder of configs/smollm2_layer6_topk.yaml
 SAE_NAME = "blocks.6.hook_resid_post-topk-k32-d4608-lr0.002"  # configs/smollm2_layer6_topk.yaml's SAE
 
 
@@ -191,13 +191,11 @@ def prepare_sae(arg: str | None, train_tokens: int) -> tuple[Path, str]:
     from saecircuits.config import read_yaml, validate
     from saecircuits.training import TrainConfig, train
 
-    out = harness.WORK / "bench_layer6_topk_short"
-    sae = out / "saes" / SAE_NAME
-    if not (sae / "cfg.json").exists():
-        data = read_yaml(ROOT / "configs" / "smollm2_layer6_topk.yaml")
-        data.update(out=str(out), total_tokens=train_tokens, wandb={"mode": "off"}, checkpoint_every_tokens=None)
-        train(validate(TrainConfig, data), progress=True)
-    return sae, f"no SAE in {BENCH_RUN.relative_to(ROOT)}/saes: trained here on {train_tokens:,} tokens ({sae.relative_to(ROOT)})"
+    data = read_yaml(ROOT / "configs" / "smollm2_layer6_topk.yaml")
+    data.update(out=str(BENCH_RUN), total_tokens=train_tokens, wandb={"mode": "off"})
+    train(validate(TrainConfig, data), progress=True)
+    sae = BENCH_RUN / "saes" / SAE_NAME
+    return sae, f"configs/smollm2_layer6_topk.yaml trained here on {train_tokens:,} tokens ({sae.relative_to(ROOT)})"
 
 
 def random_sae(d_sae: int) -> Path:
@@ -236,10 +234,10 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sae", help="SAE folder (default: the lead's layer-6 benchmark SAE, else a short one trained here)")
+    p.add_argument("--sae", help="SAE folder (default: the SAE of configs/smollm2_layer6_topk.yaml, trained first if absent)")
     p.add_argument("--contexts", type=int, default=782, help="contexts of 128 tokens (782: 100,096 tokens)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--train-tokens", type=int, default=50_000)
+    p.add_argument("--train-tokens", type=int, default=200_000)
     p.add_argument("--smoke", action="store_true", help="tiny: a random 32-feature SAE, 2 contexts, 1 round")
     p.add_argument("--setup-venv", action="store_true", help="create SAEDashboard's venv and exit")
     a = p.parse_args()
