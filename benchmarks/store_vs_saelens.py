@@ -142,78 +142,108 @@ def side_saelens(args: dict) -> dict:
 SIDES = {"bare": harness.side_bare, "ours": side_ours, "cache_read": side_cache_read, "saelens": side_saelens}
 
 
-def main() -> None:
-    import argparse
+PARTS = ("single", "six")
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--contexts-single", type=int, default=800)  # 102,400 tokens
-    p.add_argument("--contexts-six", type=int, default=256)  # 32,768 tokens
-    p.add_argument("--repeats", type=int, default=3)
-    a = p.parse_args()
+
+def measure(part: str, a) -> dict:
+    """One part's interleaved runs: label -> results."""
     mod = __file__
-    tok1 = str(harness.shared_tokens("smollm2-135m", a.contexts_single, CONTEXT))
+    if part == "single":
+        tok1 = str(harness.shared_tokens("smollm2-135m", a.contexts_single, CONTEXT))
+        cache1 = build_cache(tok1, SINGLE)
+        return harness.interleaved(mod, [
+            ("bare forward to layer 7", "bare", {"tokens": tok1, "hooks": SINGLE}),
+            ("saecircuits store", "ours", {"tokens": tok1, "hooks": SINGLE}),
+            ("saecircuits store reading its cache", "cache_read", {"cache": cache1}),
+            ("SAELens ActivationsStore", "saelens", {"tokens": tok1, "hooks": SINGLE}),
+        ], a.repeats)
     tok6 = str(harness.shared_tokens("smollm2-135m", a.contexts_six, CONTEXT))
-    cache1 = build_cache(tok1, SINGLE)
-    single = harness.interleaved(mod, [
-        ("bare forward to layer 7", "bare", {"tokens": tok1, "hooks": SINGLE}),
-        ("saecircuits store", "ours", {"tokens": tok1, "hooks": SINGLE}),
-        ("saecircuits store reading its cache", "cache_read", {"cache": cache1}),
-        ("SAELens ActivationsStore", "saelens", {"tokens": tok1, "hooks": SINGLE}),
-    ], a.repeats)
-    six = harness.interleaved(mod, [
+    return harness.interleaved(mod, [
         ("bare forward to layer 30", "bare", {"tokens": tok6, "hooks": SIX}),
         ("saecircuits store, 6 hooks", "ours", {"tokens": tok6, "hooks": SIX}),
         ("SAELens, 6 stores", "saelens", {"tokens": tok6, "hooks": SIX}),
         ("SAELens multi-hook store", "saelens", {"tokens": tok6, "hooks": SIX, "multi": True}),
     ], a.repeats)
 
-    def tps(res, n_hooks=1):
-        return harness.median([{"v": r["tokens"] / n_hooks / r["seconds"]} for r in res], "v")
 
-    def row(label, res, n_hooks=1):
-        return [label, f"{tps(res, n_hooks):,.0f}", f"{harness.median(res, 'seconds'):.1f}", f"{harness.median(res, 'peak_rss_mb'):,.0f}"]
+def _tps(res: list[dict], n_hooks: int = 1) -> float:
+    return harness.median([{"v": r["tokens"] / n_hooks / r["seconds"]} for r in res], "v")
 
-    bare1, ours1, cache1_res, sl1 = (single[k] for k in single)
-    bare6, ours6, sl6, slm = (six[k] for k in six)
-    t_ours6, t_sl6, t_slm = (harness.median(x, "seconds") for x in (ours6, sl6, slm))
-    summary = {
-        "single_vs_bare_forward": tps(ours1) / tps(bare1),
-        "single_vs_saelens": tps(ours1) / tps(sl1),
-        "cache_read_vs_generation": tps(cache1_res) / tps(ours1),
-        "saelens_single_vs_bare_forward": tps(sl1) / tps(bare1),
-        "six_hooks_vs_six_saelens_stores": t_sl6 / t_ours6,
-        "six_hooks_vs_saelens_multi_hook_store": t_slm / t_ours6,
-        "six_hooks_vs_bare_forward": harness.median(bare6, "seconds") / t_ours6,
-    }
-    md = "\n".join([
-        "# Activation store: saecircuits vs SAELens",
-        "",
-        f"SmolLM2-135M, stdlib text, {a.contexts_single} contexts x {CONTEXT} tokens (single hook) and "
-        f"{a.contexts_six} contexts (six hooks), {MODEL_BATCH} contexts a forward pass, {TRAIN_BATCH}-token batches, "
-        f"{BUFFER_TOKENS:,}-token shuffle buffer. Medians of {a.repeats} interleaved runs, each in its own process. "
-        f"Machine: {harness.machine()}.",
-        "",
-        "## One hook: blocks.6.hook_resid_post",
-        harness.md_table(["side", "context tokens/s", "seconds", "peak MB"], [
-            row("bare forward to layer 7", bare1), row("saecircuits store", ours1),
-            row("saecircuits store reading its cache", cache1_res), row("SAELens ActivationsStore", sl1)]),
-        "",
-        f"- saecircuits / bare forward: **{summary['single_vs_bare_forward']:.3f}** (target >= 0.95)",
-        f"- saecircuits / SAELens: **{summary['single_vs_saelens']:.2f}x**; SAELens / bare forward: {summary['saelens_single_vs_bare_forward']:.3f}",
-        f"- reading the on-disk cache (shuffled) / generating: **{summary['cache_read_vs_generation']:.1f}x** (target >= 1)",
-        "",
-        "## Six hooks at six depths: layers 4, 9, 14, 19, 24, 29 (resid_post)",
+
+def _row(label: str, res: list[dict], n_hooks: int = 1) -> list[str]:
+    return [label, f"{_tps(res, n_hooks):,.0f}", f"{harness.median(res, 'seconds'):.1f}",
+            f"{harness.median(res, 'peak_rss_mb'):,.0f}"]
+
+
+def _header(part: dict, what: str) -> str:
+    a = part["args"]
+    return (f"{what}; {MODEL_BATCH} contexts a forward pass, {TRAIN_BATCH}-token batches, {BUFFER_TOKENS:,}-token shuffle "
+            f"buffer. Medians of {a['repeats']} interleaved runs, each in its own process. Machine: {part['machine']}.")
+
+
+def summarise(part_name: str, part: dict) -> tuple[dict, list[str]]:
+    """The part's ratios and its markdown section."""
+    res = part["results"]
+    if part_name == "single":
+        bare, ours, cache, sl = (res[k] for k in res)
+        s = {"single_vs_bare_forward": _tps(ours) / _tps(bare), "single_vs_saelens": _tps(ours) / _tps(sl),
+             "cache_read_vs_generation": _tps(cache) / _tps(ours), "saelens_single_vs_bare_forward": _tps(sl) / _tps(bare)}
+        return s, [
+            "## One hook: blocks.6.hook_resid_post", "",
+            _header(part, f"{part['args']['contexts_single']} stdlib contexts x {CONTEXT} tokens"), "",
+            harness.md_table(["side", "context tokens/s", "seconds", "peak MB"], [
+                _row("bare forward to layer 7", bare), _row("saecircuits store", ours),
+                _row("saecircuits store reading its cache", cache), _row("SAELens ActivationsStore", sl)]),
+            "",
+            f"- saecircuits / bare forward: **{s['single_vs_bare_forward']:.3f}** (target >= 0.95)",
+            f"- saecircuits / SAELens: **{s['single_vs_saelens']:.2f}x**; SAELens / bare forward: {s['saelens_single_vs_bare_forward']:.3f}",
+            f"- reading the on-disk cache (shuffled) / generating: **{s['cache_read_vs_generation']:.1f}x** (target >= 1)", ""]
+    bare, ours, sl, slm = (res[k] for k in res)
+    t_ours, t_sl, t_slm = (harness.median(x, "seconds") for x in (ours, sl, slm))
+    rounds = [x["seconds"] / y["seconds"] for x, y in zip(sl, ours, strict=True)]
+    s = {"six_hooks_vs_six_saelens_stores": t_sl / t_ours, "six_hooks_vs_saelens_multi_hook_store": t_slm / t_ours,
+         "six_hooks_vs_bare_forward": harness.median(bare, "seconds") / t_ours, "six_hooks_per_round": rounds}
+    return s, [
+        "## Six hooks at six depths: layers 4, 9, 14, 19, 24, 29 (resid_post)", "",
+        _header(part, f"{part['args']['contexts_six']} stdlib contexts x {CONTEXT} tokens"), "",
         harness.md_table(["side", "context tokens/s per hook", "seconds", "peak MB"], [
-            row("bare forward to layer 30", bare6), row("saecircuits store, 6 hooks, one pass", ours6, 1),
-            row("SAELens, 6 stores (one per hook)", sl6, 6), row("SAELens 6.54 multi-hook store", slm)]),
+            _row("bare forward to layer 30", bare), _row("saecircuits store, 6 hooks, one pass", ours),
+            _row("SAELens, 6 stores (one per hook)", sl, 6), _row("SAELens 6.54 multi-hook store", slm)]),
         "",
-        f"- six SAELens stores / saecircuits (time): **{summary['six_hooks_vs_six_saelens_stores']:.2f}x** (target >= 4)",
-        f"- SAELens multi-hook store / saecircuits (time): {summary['six_hooks_vs_saelens_multi_hook_store']:.2f}x",
+        f"- six SAELens stores / saecircuits (time, ratio of medians): **{s['six_hooks_vs_six_saelens_stores']:.2f}x** (target >= 4); "
+        f"per round: {', '.join(f'{r:.2f}' for r in rounds)}",
+        f"- SAELens multi-hook store / saecircuits (time): {s['six_hooks_vs_saelens_multi_hook_store']:.2f}x",
         "- Bound: one pass to layer 30 against passes to layers 5+10+15+20+25+30 = 105 layer-blocks is at most "
-        "105/30 = 3.5x from sharing the forward pass alone; the rest comes from the store's own overhead.",
-    ])
-    harness.write("store_vs_saelens", {"machine": harness.machine(), "args": vars(a), "summary": summary,
-                                       "single": single, "six": six}, md)
+        "105/30 = 3.5x from sharing the forward pass alone; the rest is the lean forward pass's speed over "
+        "TransformerLens's, and the store's own overhead.", ""]
+
+
+def main() -> None:
+    """Each part updates its own entry of results/store_vs_saelens.json; the markdown is rebuilt from all parts."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--part", choices=PARTS, action="append", help="default: both, in order")
+    p.add_argument("--contexts-single", type=int, default=800)  # 102,400 tokens
+    p.add_argument("--contexts-six", type=int, default=256)  # 32,768 tokens
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    path = harness.RESULTS / "store_vs_saelens.json"
+    data: dict = json.loads(path.read_text()) if path.exists() else {}
+    if "single" in data and "results" not in data["single"]:  # the layout before parts: one run of both
+        data = {k: {"machine": data["machine"], "args": data["args"], "results": data[k]} for k in PARTS if k in data}
+    for part in a.part or PARTS:
+        data[part] = {"machine": harness.machine(), "args": vars(a), "results": measure(part, a)}
+        summary: dict = {}
+        md = ["# Activation store: saecircuits vs SAELens", ""]
+        for name in PARTS:
+            if name in data:
+                s, lines = summarise(name, data[name])
+                summary.update(s)
+                md += lines
+        data["summary"] = summary
+        harness.write("store_vs_saelens", data, "\n".join(md))
 
 
 if __name__ == "__main__":
