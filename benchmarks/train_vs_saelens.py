@@ -176,7 +176,6 @@ def main() -> None:
     tok = str(harness.shared_tokens("smollm2-135m", n_ctx, CONTEXT))
     ev = str(harness.shared_tokens("smollm2-135m", a.eval_contexts, CONTEXT, split="eval"))
     path = harness.RESULTS / "train_vs_saelens.json"
-    data: dict = json.loads(path.read_text()) if path.exists() else {}
     single = {"tokens": tok, "eval_tokens": ev, "train_tokens": a.train_tokens}
     for phase in a.phase or PHASES:
         if phase == "quality":
@@ -198,6 +197,8 @@ def main() -> None:
             res = harness.interleaved(mod, [(f"saecircuits, {len(specs)} SAEs, one run", "ours", {**args, "saes": ours_saes(specs)}),
                                             (f"SAELens, {len(specs)} runs", "saelens", args),
                                             ("SAELens multi-SAE runner", "saelens_multi", args)], a.repeats)
+        # re-read before writing: another phase may have finished in another process meanwhile
+        data = json.loads(path.read_text()) if path.exists() else {}
         data[phase] = {"machine": harness.machine(), "args": vars(a), "results": res}
         harness.write("train_vs_saelens", data, markdown(data))
 
