@@ -258,7 +258,9 @@ def _single_md(part: dict) -> list[str]:
 def _multi_md(title: str, part: dict) -> list[str]:
     res, a = part["results"], part["args"]
     ours, sl, slm = (res[k] for k in res)
-    rows = [[k, f"{harness.median(v, 'seconds'):.0f}", f"{_tps(v):,.0f}", f"{harness.median(v, 'peak_rss_mb'):,.0f}"] for k, v in res.items()]
+    n_saes = round(sl[0]["tokens"] / a["sweep_tokens"])  # SAELens counts every run's tokens; saecircuits's stream feeds all SAEs
+    tps = {k: _tps(v) * (n_saes if v is ours else 1) for k, v in res.items()}
+    rows = [[k, f"{harness.median(v, 'seconds'):.0f}", f"{tps[k]:,.0f}", f"{harness.median(v, 'peak_rss_mb'):,.0f}"] for k, v in res.items()]
     return [f"## {title}, {a['sweep_tokens']:,} tokens per SAE, {len(ours)} interleaved rounds ({part['machine']['date']})", "",
             harness.md_table(["side", "seconds", "SAE-tokens/s (all SAEs)", "peak MB"], rows), "",
             f"- SAELens separate runs / saecircuits (time): **{harness.median(sl, 'seconds') / harness.median(ours, 'seconds'):.2f}x** (target >= 4)",
