@@ -231,8 +231,6 @@ def main() -> None:
     a = p.parse_args()
     path = harness.RESULTS / "store_vs_saelens.json"
     data: dict = json.loads(path.read_text()) if path.exists() else {}
-    if "single" in data and "results" not in data["single"]:  # the layout before parts: one run of both
-        data = {k: {"machine": data["machine"], "args": data["args"], "results": data[k]} for k in PARTS if k in data}
     for part in a.part or PARTS:
         data[part] = {"machine": harness.machine(), "args": vars(a), "results": measure(part, a)}
         summary: dict = {}
