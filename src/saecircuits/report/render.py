@@ -160,7 +160,6 @@ def _section_html(key: str, results: dict, tables: dict[str, Table], figures: di
                 f"({kinds}) of {num(h.get('pairs'))} sender/receiver pairs, {num(h.get('seconds'), 1)} s. "
                 f"{_e(h.get('note') or '')}</p>" + T("composition_edges"))
     if key == "circuit":
-        c = results["circuit"]
         return _circuit_html(results, T, F)
     if key == "layers":
         lay = results["layers"]
