@@ -192,7 +192,7 @@ def main() -> None:
     p.add_argument("--d-sae-smol", type=int, default=4608)
     p.add_argument("--d-sae-gemma", type=int, default=5120)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--null", type=int, default=1000, help="shuffled pairings per null")
     p.add_argument("--random-subsets", type=int, default=100, help="random-subset baseline draws (SmolLM2 pairs)")
     p.add_argument("--matrix-subsets", type=int, default=20, help="random-subset draws per cross-model cell")

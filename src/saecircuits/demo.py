@@ -42,7 +42,7 @@ class DemoConfig(Config):
     tokens: int = Field(200_000, ge=4096, description="training tokens per SAE")
     expansion: float = Field(8, gt=0)
     k: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(4e-3, gt=0)
     dashboard_tokens: int = Field(32_768, ge=128, description="tokens each SAE's dashboards read")
     match_tokens: int = Field(32_768, ge=128, description="tokens the feature matching compares")
     match_null: int = Field(200, ge=0, description="shuffled pairings in each similarity null")
