@@ -23,14 +23,15 @@ def _cka_reference(X: np.ndarray, Y: np.ndarray) -> float:
     return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
 
 
-def _svcca_reference(X: np.ndarray, Y: np.ndarray, keep: float = 0.99) -> float:
-    """SVD truncation to `keep` of the variance, then CCA from Σxx^-1/2 Σxy Σyy^-1/2."""
+def _svcca_reference(X: np.ndarray, Y: np.ndarray, keep: float = 0.99, max_dims: int | None = None) -> float:
+    """SVD truncation to `keep` of the variance (and at most max_dims), then CCA from Σxx^-1/2 Σxy Σyy^-1/2."""
 
     def truncate(A):
         A = A - A.mean(0)
         U, S, _ = np.linalg.svd(A, full_matrices=False)
         frac = np.cumsum(S**2) / np.sum(S**2)
         k = int(np.searchsorted(frac, keep - 1e-12)) + 1
+        k = min(k, max_dims or k)
         return U[:, :k] * S[:k]
 
     def inv_sqrt(C):
@@ -77,6 +78,20 @@ def test_svcca_with_more_dims_than_samples_uses_the_sample_gram():
     rng = np.random.default_rng(3)
     X, Y = rng.normal(size=(12, 30)), rng.normal(size=(12, 25))
     assert sim.svcca(X, Y) == pytest.approx(_svcca_reference(X, Y), abs=1e-8)
+
+
+@pytest.mark.parametrize("keep", [0.99, 0.3])
+def test_svcca_capped_dims_equals_reference(keep):
+    """With max_dims far below the Gram's size only the top eigenpairs are computed; same answer as the full SVD."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(120, 80)) @ np.diag(np.linspace(3, 0.1, 80))
+    Y = X[:, :60] @ rng.normal(size=(60, 70)) + 0.5 * rng.normal(size=(120, 70))
+    Z = rng.normal(size=(50, 8))
+    wide = (Z @ rng.normal(size=(8, 200)) + 0.1 * rng.normal(size=(50, 200)), Z @ rng.normal(size=(8, 180)) + rng.normal(size=(50, 180)))
+    for x, y in ((X, Y), wide):  # more samples than dims (the feature Gram), then fewer (the sample Gram)
+        got = sim.svcca(x, y, keep_variance=keep, max_dims=10)
+        assert got == pytest.approx(_svcca_reference(x, y, keep, max_dims=10), abs=1e-8)
+        assert sim.reduced_basis(torch.from_numpy(x), keep, 10).shape[1] == min(10, sim.reduced_basis(torch.from_numpy(x), keep).shape[1])
 
 
 def test_rsa_equals_spearman_of_similarity_matrices(pair):
