@@ -236,13 +236,13 @@ def _quality_md(part: dict) -> list[str]:
     sl = [k for k in evals if k.startswith("SAELens")]
     best = max(sl, key=lambda k: evals[k]["explained_variance"])
     ours = evals[f"saecircuits lr {DEFAULT_LR:g}"]
-    rows = [[label + (" (best SAELens)" if label == best else " (config default)" if e is ours else ""),
+    rows = [[label + (" (best SAELens)" if label == best else " (lr of configs/smollm2_layer6_topk.yaml)" if e is ours else ""),
              f"{e['explained_variance']:.4f}", f"{e['l0']:.1f}", str(e["dead_latents"]), f"{e['ce_loss_recovered']:.4f}",
              f"{e['kl_to_clean']:.4f}"] for label, e in evals.items()]
     e_best = evals[best]
     return [f"## Quality: TopK k=32, d_sae {D_SAE}, {LAYER6}, {a['train_tokens']:,} training tokens ({part['machine']['date']})", "",
             harness.md_table(["side", "held-out expl. var.", "L0", "dead latents", "CE loss recovered", "KL to clean"], rows), "",
-            f"- saecircuits at its default lr {DEFAULT_LR:g} vs SAELens's best of {len(sl)} learning rates ({best}): explained variance "
+            f"- saecircuits at the shipped config's lr {DEFAULT_LR:g} vs SAELens's best of {len(sl)} learning rates ({best}): explained variance "
             f"**{ours['explained_variance']:.4f} vs {e_best['explained_variance']:.4f}** at L0 {ours['l0']:.1f} vs {e_best['l0']:.1f}; "
             f"dead latents **{ours['dead_latents']} vs {e_best['dead_latents']}** (target: EV >= SAELens's best, fewer dead)",
             f"- both tools on the same learning-rate grid ({', '.join(f'{lr:g}' for lr in QUALITY_LRS)}); saecircuits trains its "
