@@ -41,7 +41,7 @@ import torch
 from saecircuits import matching, models
 from saecircuits.config import validate
 from saecircuits.files import ensure_dir, read_json, write_text
-from saecircuits.match_outputs import write_json, write_match, write_weight_match
+from saecircuits.match_outputs import read_match, write_json, write_match, write_weight_match
 from saecircuits.sae import build
 from saecircuits.sae import format as sae_format
 from saecircuits.similarity import similarity_matrix
@@ -84,6 +84,19 @@ def train_suite(model_name: str, model, saes: list[dict], args, out: Path) -> di
     summary["train_seconds"] = time.perf_counter() - start
     write_json(done, summary)
     return summary
+
+
+def matched(folder: Path, cfg, names: list[str], run, **write_kw) -> dict:
+    """The matching result a finished run with this config and these SAEs wrote to ``folder``, else ``run()``, written there."""
+    done = folder / "match.json"
+    if done.exists():
+        saved = read_json(done)
+        if saved["config"] == cfg.model_dump(mode="json") and sorted(saved["saes"]) == sorted(names):
+            print(f"reusing the matching in {folder}", flush=True)
+            return read_match(folder)
+    res = run()
+    write_match(res, folder, **write_kw)
+    return res
 
 
 def sae_entries(layers: dict[str, int], d_sae: int, k: int, lr: float, twin: tuple[str, int, int] | None = None,
@@ -151,13 +164,8 @@ def cross_md(cm: dict) -> list[str]:
     return lines
 
 
-def report_md(summary: dict) -> str:
-    lines = ["# Feature universality (saecircuits)", "",
-             f"SmolLM2-135M and Gemma-3-270M, TopK SAEs (k={summary['settings']['k']}, d_sae {summary['settings']['d_sae_smol']} / "
-             f"{summary['settings']['d_sae_gemma']}), {summary['settings']['train_tokens']:,} training tokens each; "
-             f"activation matching over {summary['settings']['match_tokens']:,} compared tokens of `{summary['settings']['text']}`; "
-             f"Hungarian matching; nulls of {summary['settings']['null']} shuffled pairings.", ""]
-    lines += ["## Same layer, different seeds; adjacent vs far layers (SmolLM2, layer 11)", "",
+def smollm2_md(summary: dict) -> list[str]:
+    lines = ["## Same layer, different seeds; adjacent vs far layers (SmolLM2, layer 11)", "",
               "| pair | layer distance | alive A/B | mean r | share r>0.7 | mean decoder cos | SVCCA (null mean, p) | CKA (null mean, p) | RSA (null mean, p) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for h in summary["smollm2"]:
@@ -173,10 +181,21 @@ def report_md(summary: dict) -> str:
     for w in summary["weights"]:
         lines.append(f"- {w['pair']} ({w['folding']}): mean cos {w['mean_cos']:.3f}, share cos > 0.7 {w['share_cos_gt_0.7']:.3f}, "
                      f"agrees with activation matching {w['agrees_with_activation_matching']:.3f}")
+    return lines
+
+
+def report_md(summary: dict) -> str:
+    lines = ["# Feature universality (saecircuits)", "",
+             f"SmolLM2-135M and Gemma-3-270M, TopK SAEs (k={summary['settings']['k']}, d_sae {summary['settings']['d_sae_smol']} / "
+             f"{summary['settings']['d_sae_gemma']}), {summary['settings']['train_tokens']:,} training tokens each; "
+             f"activation matching over {summary['settings']['match_tokens']:,} compared tokens of `{summary['settings']['text']}`; "
+             f"Hungarian matching; nulls of {summary['settings']['null']} shuffled pairings.", ""]
+    if summary.get("smollm2"):
+        lines += smollm2_md(summary)
     if summary.get("cross_model"):
         lines += cross_md(summary["cross_model"])
-    rt = summary["runtime"]
-    lines += ["## Runtime", "",
+    rt = summary.get("runtime")
+    lines += [] if rt is None else ["## Runtime", "",
               f"- {rt['d_sae']} x {rt['d_sae']} features over {rt['tokens']:,} tokens: correlation accumulation {rt['correlation_seconds']:.1f} s, "
               f"Hungarian {rt['assign_seconds']:.1f} s, similarity statistics {rt['similarity_seconds']:.1f} s "
               f"(SAE encoding {rt['encode_seconds_per_sae']:.1f} s per SAE; model forward {rt['forward_seconds']:.1f} s for the whole stream)", ""]
@@ -198,8 +217,11 @@ def main() -> None:
     p.add_argument("--matrix-subsets", type=int, default=20, help="random-subset draws per cross-model cell")
     p.add_argument("--eval-contexts", type=int, default=32)
     p.add_argument("--wandb", default="off")
+    p.add_argument("--stage", choices=("smollm2", "cross"), action="append",
+                   help="run only these stages (default both); finished training and matching are reused")
     p.add_argument("--skip-cross", action="store_true", help="SmolLM2 only (no Gemma)")
     a = p.parse_args()
+    stages = a.stage or (["smollm2"] if a.skip_cross else ["smollm2", "cross"])
     out = ensure_dir(a.out)
     t_all = time.perf_counter()
     summary: dict = {"settings": {"text": a.text, "train_tokens": a.train_tokens, "match_tokens": a.match_tokens,
@@ -214,14 +236,31 @@ def main() -> None:
     summary["train_smollm2"] = {n: {k: r.get(k) for k in ("explained_variance", "ce_loss_recovered", "l0", "dead_latents")}
                                 for n, r in tr["saes"].items()}
     saes = load_saes(out / "train_smollm2", [*SMOL_LAYERS, SMOL_SEED_TWIN])
-    saes[RANDOM_BASELINE] = untrained_like(saes["L11"], seed=2024)
     base = {"text": {"source": a.text, "context_size": 128, "seed": 1}, "tokens": a.match_tokens, "null": a.null}
+    if "smollm2" in stages:
+        smollm2_stage(summary, saes, smol, base, a, out)
+        write_summary(summary, out)
+    if "cross" in stages:
+        cross_stage(summary, saes, smol, base, a, out)
+    summary["seconds"]["total"] = time.perf_counter() - t_all
+    write_summary(summary, out)
+
+
+def write_summary(summary: dict, out: Path) -> None:
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", report_md(summary))
+    print(f"wrote {out / 'summary.json'} and {out / 'summary.md'}", flush=True)
+
+
+def smollm2_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> None:
+    """Seeds, adjacent and far layers of SmolLM2 from one matching stream, and weight matching."""
+    saes = {**saes, RANDOM_BASELINE: untrained_like(saes["L11"], seed=2024)}
     cfg = validate(matching.MatchConfig, {**base, "random_subsets": a.random_subsets}, where="feature_universality")
     others = [SMOL_SEED_TWIN, "L12", "L5", "L17", "L23", RANDOM_BASELINE]
     t0 = time.perf_counter()
-    res = matching.match_saes({"L11": saes["L11"]}, {n: saes[n] for n in others}, smol, None, cfg)
+    res = matched(out / "match_smollm2", cfg, ["L11", *others],
+                  lambda: matching.match_saes({"L11": saes["L11"]}, {n: saes[n] for n in others}, smol, None, cfg))
     summary["seconds"]["match_smollm2"] = time.perf_counter() - t0
-    write_match(res, out / "match_smollm2")
     summary["smollm2"] = []
     for n in others:
         h = headline(pick(res, "L11", n))
@@ -251,33 +290,32 @@ def main() -> None:
             summary["weights"].append({"pair": f"L11 vs {n}", "folding": folding, "agrees_with_activation_matching": agree,
                                        **{k: v for k, v in w["summary"].items() if not k.startswith("hist")}})
 
-    # ---- SmolLM2 x Gemma at relative depths, text aligned by character offsets
-    if not a.skip_cross:
-        gemma = models.load("gemma-3-270m")
-        t0 = time.perf_counter()
-        train_suite("gemma-3-270m", gemma, sae_entries(GEMMA_LAYERS, a.d_sae_gemma, a.k, a.lr, seed_base=100), a, out / "train_gemma")
-        summary["seconds"]["train_gemma"] = time.perf_counter() - t0
-        gsaes = load_saes(out / "train_gemma", list(GEMMA_LAYERS))
-        cfg_x = validate(matching.MatchConfig, {**base, "random_subsets": a.matrix_subsets, "measures": ["svcca"],
-                                                "sample_tokens": 0}, where="feature_universality")
-        t0 = time.perf_counter()
-        xres = matching.match_saes({n: saes[n] for n in CROSS_SMOL}, gsaes, smol, gemma, cfg_x)
-        summary["seconds"]["match_cross"] = time.perf_counter() - t0
-        write_match(xres, out / "match_cross", heatmaps=("mean_r", "share_r_gt_0.7", "svcca"))
-        mr = similarity_matrix(xres["results"], value="mean_r")
-        sv = similarity_matrix(xres["results"], value="svcca")
-        vals = np.array([[np.nan if v is None else v for v in row] for row in mr["values"]])
-        summary["cross_model"] = {
-            "mean_r": mr, "svcca": sv, "share_r_gt_0.7": similarity_matrix(xres["results"], value="share_r_gt_0.7"),
-            "depth_smol": {n: (SMOL_LAYERS[n] + 1) / 30 for n in CROSS_SMOL},
-            "depth_gemma": {n: (GEMMA_LAYERS[n] + 1) / 18 for n in GEMMA_LAYERS},
-            "best_by_mean_r": {row: mr["cols"][int(np.nanargmax(vals[i]))] for i, row in enumerate(mr["rows"])},
-            "aligned_tokens": xres["timing"]["tokens"], "timing": xres["timing"],
-        }
-    summary["seconds"]["total"] = time.perf_counter() - t_all
-    write_json(out / "summary.json", summary)
-    write_text(out / "summary.md", report_md(summary))
-    print(f"wrote {out / 'summary.json'} and {out / 'summary.md'}")
+
+
+def cross_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> None:
+    """SmolLM2 x Gemma at relative depths, text aligned by character offsets."""
+    gemma = models.load("gemma-3-270m")
+    t0 = time.perf_counter()
+    train_suite("gemma-3-270m", gemma, sae_entries(GEMMA_LAYERS, a.d_sae_gemma, a.k, a.lr, seed_base=100), a, out / "train_gemma")
+    summary["seconds"]["train_gemma"] = time.perf_counter() - t0
+    gsaes = load_saes(out / "train_gemma", list(GEMMA_LAYERS))
+    cfg_x = validate(matching.MatchConfig, {**base, "random_subsets": a.matrix_subsets, "measures": ["svcca"],
+                                            "sample_tokens": 0}, where="feature_universality")
+    t0 = time.perf_counter()
+    xres = matched(out / "match_cross", cfg_x, [*CROSS_SMOL, *GEMMA_LAYERS],
+                   lambda: matching.match_saes({n: saes[n] for n in CROSS_SMOL}, gsaes, smol, gemma, cfg_x),
+                   heatmaps=("mean_r", "share_r_gt_0.7", "svcca"))
+    summary["seconds"]["match_cross"] = time.perf_counter() - t0
+    mr = similarity_matrix(xres["results"], value="mean_r")
+    sv = similarity_matrix(xres["results"], value="svcca")
+    vals = np.array([[np.nan if v is None else v for v in row] for row in mr["values"]])
+    summary["cross_model"] = {
+        "mean_r": mr, "svcca": sv, "share_r_gt_0.7": similarity_matrix(xres["results"], value="share_r_gt_0.7"),
+        "depth_smol": {n: (SMOL_LAYERS[n] + 1) / 30 for n in CROSS_SMOL},
+        "depth_gemma": {n: (GEMMA_LAYERS[n] + 1) / 18 for n in GEMMA_LAYERS},
+        "best_by_mean_r": {row: mr["cols"][int(np.nanargmax(vals[i]))] for i, row in enumerate(mr["rows"])},
+        "aligned_tokens": xres["timing"]["tokens"], "timing": xres["timing"],
+    }
 
 
 if __name__ == "__main__":

@@ -387,7 +387,7 @@ def _tiny_pair(tiny_model):
 
 
 def test_match_saes_on_a_model_and_write_outputs(tiny_model, tmp_path):
-    from saecircuits.match_outputs import write_match
+    from saecircuits.match_outputs import read_match, write_match
     from saecircuits.text import TextConfig
 
     sae, cp, perm = _tiny_pair(tiny_model)
@@ -412,6 +412,7 @@ def test_match_saes_on_a_model_and_write_outputs(tiny_model, tmp_path):
     assert (tmp_path / "m" / "similarity_mean_r.png").exists() and "match" in written
     brief = json.loads((tmp_path / "m" / "match.json").read_text())
     assert "pairs" not in brief["results"][0]
+    assert read_match(tmp_path / "m") == json.loads(json.dumps(res))  # what a resumed recipe reuses
 
 
 def test_graphs_are_written_as_graphml_and_json(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from saecircuits.files import ensure_dir, save_figure, write_bytes, write_json, write_text
+from saecircuits.files import ensure_dir, read_json, save_figure, write_bytes, write_json, write_text
 
 
 def _safe(name: str) -> str:
@@ -121,6 +121,15 @@ def write_match(result: dict, out: str | Path, heatmaps: tuple[str, ...] = ("mea
                 heatmap_figure(m, out / f"similarity_{value}", f"{value} ({m['source']})" if m["p_values"] else value)
                 written[f"similarity_{value}"] = str(out / f"similarity_{value}.png")
     return written
+
+
+def read_match(out: str | Path) -> dict:
+    """The matching result ``write_match`` wrote to ``out``: match.json with each pair's table put back."""
+    out = Path(out)
+    result = read_json(out / "match.json", "matching result")
+    for r in result["results"]:
+        r["pairs"] = read_json(out / "pairs" / f"{_safe(r['a'])}__{_safe(r['b'])}" / "table.json", "matching table")
+    return result
 
 
 def write_weight_match(result: dict, out: str | Path, name: str) -> dict:
