@@ -22,7 +22,7 @@ Writes OUT/summary.json and OUT/summary.md (headline numbers), the matching tabl
 histograms under OUT/match_smollm2/ and OUT/match_cross/, weight-matching tables under OUT/weights/.
 Finished training is reused on a rerun (delete OUT/train_* to retrain).
 
-    # the full measurement (hours on 2 CPU cores)
+    # the full measurement (hours on 2 CPU cores); --stage smollm2|cross runs one part and adds it to the summary
     nice -n 19 .venv/bin/python circuits/feature_universality.py --out runs/universality
     # a smoke test (a couple of minutes)
     nice -n 19 .venv/bin/python circuits/feature_universality.py --out /tmp/univ --train-tokens 8192 \
@@ -219,14 +219,17 @@ def main() -> None:
     p.add_argument("--wandb", default="off")
     p.add_argument("--stage", choices=("smollm2", "cross"), action="append",
                    help="run only these stages (default both); finished training and matching are reused")
-    p.add_argument("--skip-cross", action="store_true", help="SmolLM2 only (no Gemma)")
     a = p.parse_args()
-    stages = a.stage or (["smollm2"] if a.skip_cross else ["smollm2", "cross"])
+    stages = a.stage or ["smollm2", "cross"]
     out = ensure_dir(a.out)
     t_all = time.perf_counter()
-    summary: dict = {"settings": {"text": a.text, "train_tokens": a.train_tokens, "match_tokens": a.match_tokens,
-                                  "d_sae_smol": a.d_sae_smol, "d_sae_gemma": a.d_sae_gemma, "k": a.k, "null": a.null,
-                                  "random_subsets": a.random_subsets, "matrix_subsets": a.matrix_subsets}, "seconds": {}}
+    settings = {"text": a.text, "train_tokens": a.train_tokens, "match_tokens": a.match_tokens, "d_sae_smol": a.d_sae_smol,
+                "d_sae_gemma": a.d_sae_gemma, "k": a.k, "null": a.null, "random_subsets": a.random_subsets,
+                "matrix_subsets": a.matrix_subsets}
+    # a one-stage run adds its part to the summary an earlier run with the same settings wrote, never erases the other
+    previous = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
+    summary: dict = previous if previous.get("settings") == settings else {"settings": settings}
+    summary["seconds"] = {}
 
     # ---- SmolLM2: train, then seeds / adjacent / far layers from one matching stream
     smol = models.load("smollm2-135m")
