@@ -376,6 +376,40 @@ def test_alignment_of_smollm2_and_gemma_tokenizers_reads_the_same_text():
     assert n > 50
 
 
+def test_cross_model_matching_and_same_model_pairs_on_its_token_set(tiny_model, tmp_path):
+    """Two tiny models with different tokenizers (bytes, words) over the same text: the cross-model run
+    compares character-aligned positions only; ``align_to`` compares a same-model pair at exactly those
+    positions (the A SAE's statistics equal the cross-model run's), and an SAE against its own copy gives r = 1."""
+    from conftest import make_tiny_model
+
+    from saecircuits.text import TextConfig
+
+    for i in range(4):
+        (tmp_path / "text").mkdir(exist_ok=True)
+        (tmp_path / "text" / f"doc{i}.txt").write_text("café au lait, oui " * (40 + i))
+    from transformers import AutoTokenizer
+
+    _word_tokenizer().save_pretrained(tmp_path / "words")  # TransformerLens reloads a tokenizer by name
+    words = make_tiny_model(tokenizer=AutoTokenizer.from_pretrained(str(tmp_path / "words")), n_layers=2, seed=3)
+    x = make_sae(d_in=tiny_model.cfg.d_model, d_sae=24, k=3, hook="blocks.1.hook_resid_post", seed=0)
+    y = make_sae(d_in=words.cfg.d_model, d_sae=16, k=3, hook="blocks.0.hook_resid_post", seed=1)
+    twin = make_sae(d_in=tiny_model.cfg.d_model, d_sae=24, k=3, hook="blocks.1.hook_resid_post", seed=0)
+    cfg = matching.MatchConfig(text=TextConfig(source=str(tmp_path / "text"), context_size=32, eval_fraction=0), tokens=300,
+                               batch_contexts=4, null=0, random_subsets=0, sample_tokens=0, min_fires=1,
+                               drop_outlier_norm=None)
+    cross = matching.match_saes({"X": x}, {"Y": y}, tiny_model, words, cfg, progress=False)
+    same = matching.match_saes({"X": x}, {"X2": twin}, tiny_model, None, cfg, progress=False, align_to=words)
+    assert not cross["same_model"] and same["same_model"] and same["models"]["aligned_to"] == cross["models"]["b"]
+    assert cross["timing"]["tokens"] == same["timing"]["tokens"] == 300
+    assert cross["saes"]["X"] == same["saes"]["X"]  # the A SAE saw exactly the same rows in both runs
+    unaligned = matching.match_saes({"X": x}, {"X2": twin}, tiny_model, None, cfg, progress=False)
+    assert unaligned["saes"]["X"]["mean_active"] != same["saes"]["X"]["mean_active"]  # all byte positions differ
+    pairs = same["results"][0]["pairs"]
+    assert pairs and all(p["a"] == p["b"] and p["r"] > 0.999 for p in pairs)
+    with pytest.raises(SaecircuitsError, match="align_to"):
+        matching.match_saes({"X": x}, {"Y": y}, tiny_model, words, cfg, progress=False, align_to=words)
+
+
 # ------------------------------------------------------------------ end to end on the tiny model, outputs, command
 
 
@@ -473,6 +507,9 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert out.returncode == 2 and "method" in out.stderr and "Traceback" not in out.stderr
     out = run_cli("--sae-a", s0, "--out", str(tmp_path / "o"), "--mode", "weights")
     assert out.returncode == 2 and "--sae-b" in out.stderr
+    out = run_cli("--sae-a", s0, "--sae-b", s0, "--model-b", "gemma-3-270m", "--align-to", "gemma-3-270m",
+                  "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "--align-to is for same-model pairs" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.real_model
@@ -488,6 +525,13 @@ def test_cli_activation_matching_on_smollm2(tmp_path):
     assert res["models"]["a"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and res["same_model"]
     assert res["results"][0]["summary"]["tokens"] == 1500
     assert Path(tmp_path / "m" / "pairs" / "a__b" / "table.csv").exists()
+    # the same pair on the positions a SmolLM2 x Gemma match compares
+    out = run_cli("--sae-a", fa, "--sae-b", fb, "--tokens", "1500", "--null", "0", "--align-to", "gemma-3-270m",
+                  "--out", str(tmp_path / "g"))
+    assert out.returncode == 0, out.stderr
+    res_g = json.loads((tmp_path / "g" / "match.json").read_text())
+    assert res_g["models"]["aligned_to"] == "google/gemma-3-270m" and res_g["results"][0]["summary"]["tokens"] == 1500
+    assert res_g["saes"]["a"]["mean_active"] != res["saes"]["a"]["mean_active"]  # other positions were compared
 
 
 def test_pairs_within_one_suite_share_names_across_sides(tiny_model):

@@ -231,6 +231,7 @@ def match(
     mode: str = typer.Option("activations", "--mode", help="activations | weights | chains | flow"),
     model: str = typer.Option(None, "--model", help="Model of the A SAEs (default: the model named in the SAE's cfg.json)."),
     model_b: str = typer.Option(None, "--model-b", help="Model of the B SAEs, if another: text is aligned by character offsets."),
+    align_to: str = typer.Option(None, "--align-to", help="Same-model pairs: compare only at the positions a match with this model's tokenizer compares (so the numbers sit beside a --model-b run)."),
     text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME"),
     tokens: int = typer.Option(100_000, "--tokens", min=1, help="Compared tokens (aligned positions across models)."),
     context_size: int = typer.Option(128, "--context-size", min=2),
@@ -250,7 +251,7 @@ def match(
     from saecircuits.match_outputs import run_match_command
 
     written = run_match_command(
-        [str(p) for p in sae_a], [str(p) for p in sae_b or []], str(out), mode=mode, model=model, model_b=model_b,
+        [str(p) for p in sae_a], [str(p) for p in sae_b or []], str(out), mode=mode, model=model, model_b=model_b, align_to=align_to,
         settings={"text": {"source": text, "context_size": context_size}, "tokens": tokens, "method": method,
                   "min_r": min_r, "null": null, "random_subsets": random_subsets, "sample_tokens": sample_tokens,
                   "alignment": alignment, "batch_contexts": batch_contexts, "seed": seed,

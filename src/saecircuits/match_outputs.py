@@ -196,7 +196,7 @@ def _model_name(saes: dict, given: str | None, side: str) -> str:
 
 def run_match_command(sae_a: list[str], sae_b: list[str], out: str, mode: str = "activations", model: str | None = None,
                       model_b: str | None = None, settings: dict | None = None, min_cos: float = 0.5,
-                      flow_direction: str = "decoder", console=None) -> dict:
+                      flow_direction: str = "decoder", console=None, align_to: str | None = None) -> dict:
     """What ``saecircuits match`` does: load SAE folders (and models when needed), match, write, print."""
     from rich.console import Console
     from rich.table import Table
@@ -227,9 +227,12 @@ def run_match_command(sae_a: list[str], sae_b: list[str], out: str, mode: str = 
         name_b = model_b or (name_a if model else _model_name(saes_b, None, "B"))
         spec_a, spec_b = models.offline_model(name_a), models.offline_model(name_b)
         same = (spec_a is not None and spec_a == spec_b) or name_a == name_b
+        if align_to and not same:
+            raise SaecircuitsError("--align-to is for same-model pairs; with --model-b the text is aligned to that model already",
+                                   "drop --align-to, or give SAEs of one model on both sides")
         lm_a = models.load(name_a)
         lm_b = None if same else models.load(name_b)
-        result = matching.match_saes(saes_a, saes_b, lm_a, lm_b, cfg)
+        result = matching.match_saes(saes_a, saes_b, lm_a, lm_b, cfg, align_to=models.load(align_to) if align_to else None)
         written = write_match(result, out_dir)
         t = Table(title=f"activation matching ({cfg.method}), {result['timing']['tokens']:,} tokens")
         for col in ("A", "B", "alive A/B", "pairs", "mean r", "r>0.7", "kept", "SVCCA (p)", "CKA (p)"):

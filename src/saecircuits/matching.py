@@ -580,6 +580,10 @@ class Batch:
     special: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor]
 
+    def side_a_on_both(self) -> Batch:
+        """Side A's model on both sides, at side A's aligned rows (same-model pairs on a cross-model token set)."""
+        return Batch(*({s: part["a"] for s in SIDES} for part in (self.acts, self.tokens, self.valid, self.special, self.rows)))
+
 
 @dataclass
 class Entry:
@@ -725,9 +729,9 @@ def aligned_model_batches(model_a, sites_a: list[str], model_b, sites_b: list[st
     if text_cfg.source.startswith("tokens:"):
         raise SaecircuitsError("cross-model matching needs raw text; a tokens: source has no characters to align",
                                "use stdlib, bible, a text file or hf:NAME")
-    mas = {}
+    mas = {}  # a side without sites is only tokenized, never run (its positions align the other side)
     for side, model, sites in (("a", model_a, sites_a), ("b", model_b, sites_b)):
-        mas[side] = ModelActivations(model, expand_sites(model, sorted(set(sites))))
+        mas[side] = ModelActivations(model, expand_sites(model, sorted(set(sites)))) if sites else None
     sa, sb = Side.for_model(model_a), Side.for_model(model_b)
     texts = (t for _, t in iter_documents(text_cfg, "train"))
     done = 0
@@ -737,10 +741,13 @@ def aligned_model_batches(model_a, sites_a: list[str], model_b, sites_b: list[st
             rows = {k: v[: tokens - done] for k, v in rows.items()}
         acts, toks, valid, special = {}, {}, {}, {}
         for side, t, v, sites in (("a", ab.tokens_a, ab.valid_a, sites_a), ("b", ab.tokens_b, ab.valid_b, sites_b)):
-            out = mas[side].activations(t)
-            acts[side] = {Site.parse(s).key: out[Site.parse(s).key] for s in sites}
             toks[side] = t.reshape(-1)
             valid[side] = v
+            if mas[side] is None:
+                acts[side], special[side] = {}, torch.zeros_like(v)
+                continue
+            out = mas[side].activations(t)
+            acts[side] = {Site.parse(s).key: out[Site.parse(s).key] for s in sites}
             special[side] = v & ~mas[side].keep_mask(t)
         yield Batch(acts, toks, valid, special, rows)
         done += len(rows["a"])
@@ -824,15 +831,21 @@ def pair_result(matcher: ActivationMatcher, a: str, b: str, cfg: MatchConfig, sa
 
 
 def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAutoencoder], model_a, model_b=None,
-               cfg: MatchConfig | None = None, pairs: list[tuple[str, str]] | None = None, progress: bool = True) -> dict:
+               cfg: MatchConfig | None = None, pairs: list[tuple[str, str]] | None = None, progress: bool = True,
+               align_to=None) -> dict:
     """Activation matching of every (A, B) pair of SAEs over one stream of text. JSON-able result.
 
     ``model_b`` None: both sides read the same model (one forward pass for every hook); else the
     text is aligned across the two tokenizers by character offsets (``saecircuits.alignment``).
+    ``align_to`` (a second model, with ``model_b`` None): same-model pairs are compared only at the
+    character-aligned positions a comparison of ``model_a`` with ``align_to`` uses (only its tokenizer is used), so
+    same-model and cross-model numbers are measured on one token set.
     Returns {"config", "models", "timing", "results": [pair_result ...]}.
     """
     cfg = cfg or MatchConfig()
     same = model_b is None or model_b is model_a
+    if align_to is not None and not same:
+        raise SaecircuitsError("align_to is for same-model pairs; with model_b the text is aligned to model_b already")
     sites_a = [s.cfg.hook for s in saes_a.values()]
     sites_b = [s.cfg.hook for s in saes_b.values()]
     from saecircuits.models import special_token_ids
@@ -841,8 +854,11 @@ def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAut
     classes["b"] = classes["a"] if same else TokenClasses(model_b.tokenizer, special_token_ids(model_b))
     matcher = ActivationMatcher(saes_a, saes_b, pairs, cfg.top_m, cfg.sample_tokens, classes, cfg.drop_outlier_norm,
                                 limit=cfg.tokens)
-    if same:
+    if same and align_to is None:
         stream = model_batches(model_a, sites_a + sites_b, cfg.text, None, cfg.batch_contexts)
+    elif same:
+        stream = (b.side_a_on_both() for b in aligned_model_batches(model_a, sites_a + sites_b, align_to, [], cfg.text,
+                                                                         None, cfg.batch_contexts, cfg.alignment))
     else:
         stream = aligned_model_batches(model_a, sites_a, model_b, sites_b, cfg.text, None, cfg.batch_contexts, cfg.alignment)
     start = time.perf_counter()
@@ -865,7 +881,8 @@ def match_saes(saes_a: dict[str, SparseAutoencoder], saes_b: dict[str, SparseAut
     corr = sum(acc.seconds for acc in matcher.acc.values())
     return {
         "config": cfg.model_dump(mode="json"),
-        "models": {"a": hf_name(model_a), "b": hf_name(model_b if not same else model_a)},
+        "models": {"a": hf_name(model_a), "b": hf_name(model_b if not same else model_a),
+                   **({"aligned_to": hf_name(align_to)} if align_to is not None else {})},
         "same_model": same,
         "saes": {n: {"side": e.side, "hook": e.sae.cfg.hook, "d_sae": e.sae.d_sae, "architecture": e.sae.architecture,
                      "alive": int((e.stats.fires >= cfg.min_fires).sum()), "compared_tokens": e.stats.rows,
