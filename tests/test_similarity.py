@@ -180,6 +180,37 @@ def test_similarity_matrix_from_pair_results():
     assert sim.similarity_matrix(results, value="mean_r")["values"] == [[0.5, 0.2], [0.3, None]]
 
 
+def test_depth_alignment_finds_a_diagonal_under_main_effects():
+    """A relative-depth diagonal hidden under strong row and column effects (column 0 wins every row):
+    the raw argmax says column 0, the interaction recovers the diagonal; the interaction is invariant to
+    adding any row and column constants; the exact permutation p-value equals a brute-force count."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    depth = {"r0": 0.2, "r1": 0.4, "r2": 0.6, "r3": 0.8}
+    cdepth = {"c0": 0.22, "c1": 0.39, "c2": 0.61, "c3": 0.78}
+    diag = 0.05 * np.eye(4) + 0.002 * rng.standard_normal((4, 4))
+    main = np.array([0.4, 0.3, 0.2, 0.1])[None] + np.array([0.1, 0.05, 0.0, -0.05])[:, None]
+    m = {"rows": list(depth), "cols": list(cdepth), "values": (main + diag).tolist()}
+    out = sim.depth_alignment(m, depth, cdepth)
+    assert set(out["best_col_raw"].values()) == {"c0"}
+    assert out["best_col_interaction"] == {"r0": "c0", "r1": "c1", "r2": "c2", "r3": "c3"}
+    assert out["best_row_interaction"] == {"c0": "r0", "c1": "r1", "c2": "r2", "c3": "r3"}
+    shifted = {**m, "values": (main + diag + rng.standard_normal((4, 1)) + rng.standard_normal((1, 4))).tolist()}
+    assert np.allclose(sim.depth_alignment(shifted, depth, cdepth)["interaction"], out["interaction"])
+    inter = np.array(out["interaction"])
+    close = -np.abs(np.array(list(depth.values()))[:, None] - np.array(list(cdepth.values()))[None])
+    rho = [spearmanr(inter[list(p)].ravel(), close.ravel())[0] for p in itertools.permutations(range(4))]
+    assert out["spearman_with_depth"] == pytest.approx(rho[0])
+    assert out["p_value"] == pytest.approx(np.mean(np.array(rho) >= rho[0] - 1e-12)) and out["permutations"] == 24
+    assert out["p_value"] == pytest.approx(1 / 24)  # the diagonal is the best of all 24 row orders
+    anti = {**m, "values": (main + diag[::-1]).tolist()}
+    assert sim.depth_alignment(anti, depth, cdepth)["spearman_with_depth"] < 0
+    with pytest.raises(Exception, match="complete matrix"):
+        sim.depth_alignment({**m, "values": [[None, 1.0], [1.0, 1.0]], "rows": ["r0", "r1"], "cols": ["c0", "c1"]},
+                            depth, cdepth)
+
+
 def test_bad_input_is_one_clear_error():
     from saecircuits.errors import SaecircuitsError
 

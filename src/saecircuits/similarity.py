@@ -369,3 +369,53 @@ def similarity_matrix(results: list[dict], row_key: str = "a", col_key: str = "b
             vals[i][j] = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
     return {"rows": rows, "cols": cols, "value": value, "source": source, "values": vals,
             "p_values": pvals if value in MEASURES else None}
+
+
+def depth_alignment(matrix: dict, depth_rows: dict[str, float], depth_cols: dict[str, float],
+                    max_permutations: int = 40_320, seed: int = 0) -> dict:
+    """Which layers of two models correspond, from a layer x layer matrix (``similarity_matrix``; higher = more alike).
+
+    A raw argmax is dominated by main effects: if early layers of both models share more token-level
+    features, one column wins every row. The interaction left after removing row and column means
+    (double centring, as in a two-way ANOVA) says which layers are alike beyond those effects.
+    ``depth_*``: relative depth of each row / column layer, (layer + 1) / n_layers.
+    Returns the per-row and per-column best of the raw matrix and of the interaction, and the
+    Spearman correlation between the interaction and -|depth_row - depth_col| with a permutation
+    p-value over orderings of the rows (all of them when rows! <= ``max_permutations``; the smallest
+    possible p is 1 / rows!, 1/24 for a 4 x 4 matrix).
+    """
+    from itertools import permutations
+
+    from scipy.stats import spearmanr
+
+    rows, cols = matrix["rows"], matrix["cols"]
+    M = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix["values"]])
+    if np.isnan(M).any() or min(M.shape) < 2:
+        raise SaecircuitsError("depth alignment needs a complete matrix of at least 2 x 2 layers",
+                               "match every row layer with every column layer first")
+    inter = M - M.mean(1, keepdims=True) - M.mean(0, keepdims=True) + M.mean()
+    closeness = -np.abs(np.array([depth_rows[r] for r in rows])[:, None] - np.array([depth_cols[c] for c in cols])[None])
+
+    def stat(order) -> float:
+        rho = spearmanr(inter[list(order)].ravel(), closeness.ravel())[0]
+        return -np.inf if np.isnan(rho) else float(rho)
+
+    observed = stat(range(len(rows)))
+    if math.factorial(len(rows)) <= max_permutations:
+        null = np.array([stat(p) for p in permutations(range(len(rows)))])  # includes the identity
+        p_value = float(np.mean(null >= observed - 1e-12))
+    else:
+        g = np.random.default_rng(seed)
+        null = np.array([stat(g.permutation(len(rows))) for _ in range(max_permutations)])
+        p_value = float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
+
+    def best(A: np.ndarray, axis: int, labels: list[str], keys: list[str]) -> dict:
+        return {k: labels[int(i)] for k, i in zip(keys, A.argmax(axis), strict=True)}
+
+    return {
+        "rows": rows, "cols": cols, "interaction": inter.tolist(),
+        "best_col_raw": best(M, 1, cols, rows), "best_row_raw": best(M, 0, rows, cols),
+        "best_col_interaction": best(inter, 1, cols, rows), "best_row_interaction": best(inter, 0, rows, cols),
+        "spearman_with_depth": None if observed == -np.inf else observed, "p_value": p_value if observed != -np.inf else None,
+        "permutations": len(null),
+    }
