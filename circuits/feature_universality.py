@@ -15,16 +15,20 @@ paired decoders against shuffled-pairing nulls:
               baseline: L11 vs an untrained SAE on layer 11 (what matching finds by chance)
     layers    L11 vs L12 (adjacent) and L11 vs L5, L17, L23 (far); also weight matching (decoder cosine)
     models    SmolLM2 {5, 11, 17, 23} x Gemma {3, 6, 10, 13}, text aligned by character offsets:
-              mean r and SVCCA matrices, and the best-matching Gemma layer for each SmolLM2 layer
+              mean r, share r > 0.7 and SVCCA matrices; which layers correspond, raw and after removing
+              each matrix's row and column means (``similarity.depth_alignment``)
+    controls  the SmolLM2 seed twins and untrained SAE on the cross-model token set (``align_to``), and
+              SmolLM2 layers against an untrained Gemma SAE: what the cross-model numbers are comparable with
     runtime   correlation, Hungarian and statistics time for d_sae x d_sae features over the compared tokens
 
 Writes OUT/summary.json and OUT/summary.md (headline numbers), the matching tables, heatmaps and
-histograms under OUT/match_smollm2/ and OUT/match_cross/, weight-matching tables under OUT/weights/.
+histograms under OUT/match_smollm2/ and OUT/match_cross/ (controls: OUT/match_smollm2_on_cross_tokens/,
+OUT/match_cross_untrained/), weight-matching tables under OUT/weights/.
 Finished training is reused on a rerun (delete OUT/train_* to retrain).
 
     # the full measurement (hours on 2 CPU cores); --stage smollm2|cross runs one part and adds it to the summary
     nice -n 19 .venv/bin/python circuits/feature_universality.py --out runs/universality
-    # a smoke test (a couple of minutes)
+    # a smoke test (minutes, not hours)
     nice -n 19 .venv/bin/python circuits/feature_universality.py --out /tmp/univ --train-tokens 8192 \
         --match-tokens 4096 --d-sae-smol 256 --d-sae-gemma 256 --null 50 --random-subsets 5 --matrix-subsets 2
 """
@@ -44,7 +48,7 @@ from saecircuits.files import ensure_dir, read_json, write_text
 from saecircuits.match_outputs import read_match, write_json, write_match, write_weight_match
 from saecircuits.sae import build
 from saecircuits.sae import format as sae_format
-from saecircuits.similarity import similarity_matrix
+from saecircuits.similarity import depth_alignment, similarity_matrix
 from saecircuits.training import TrainConfig, train
 
 SMOL_LAYERS = {"L5": 5, "L11": 11, "L12": 12, "L17": 17, "L23": 23}
@@ -52,6 +56,7 @@ SMOL_SEED_TWIN = "L11s1"  # layer 11 again, another initialisation seed (same da
 GEMMA_LAYERS = {"G3": 3, "G6": 6, "G10": 10, "G13": 13}
 CROSS_SMOL = ("L5", "L11", "L17", "L23")
 RANDOM_BASELINE = "L11rand"  # an untrained SAE on layer 11: the matched r that chance and shared input structure give
+GEMMA_BASELINE = "G3rand"  # the same across models: an untrained SAE on Gemma layer 3
 
 
 def untrained_like(sae, seed: int):
@@ -125,6 +130,7 @@ def headline(r: dict) -> dict:
     s, dec = r["summary"], r["similarity"].get("decoder", {})
     out = {"pair": f"{r['a']} vs {r['b']}", "tokens": s["tokens"], "alive_a": s["alive_a"], "alive_b": s["alive_b"],
            "n_pairs": s["n_pairs"], "n_kept": s["n_kept"], "mean_r": s["mean_r"], "median_r": s["median_r"],
+           **({"mean_r_best_n": s["mean_r_best_n"]} if "mean_r_best_n" in s else {}),
            "share_r_gt_0.7": s["share_r_gt_0.7"], "share_r_gt_0.5": s["share_r_gt_0.5"],
            "mean_decoder_cos": s.get("mean_cos"), "r_hist": s["hist_r"],
            "correlation_seconds": s["correlation_seconds"], "assign_seconds": s["assign_seconds"]}
@@ -146,22 +152,49 @@ def fmt(x, nd=3) -> str:
 
 
 def cross_md(cm: dict) -> list[str]:
+    ds, dg, n = cm["depth_smol"], cm["depth_gemma"], cm["n_best"]
+    titles = {"mean_r": "mean matched r",
+              "mean_r_best_n": f"mean r of the best {n:,} matched pairs (the fewest any pair has: the same count everywhere)",
+              "share_r_gt_0.7": "share of the SmolLM2 SAE's alive features matched at r > 0.7",
+              "svcca": "SVCCA of paired decoders (p-value against shuffled pairings)"}
+    alive = ", ".join(f"{k} {v['alive']:,}/{v['d_sae']:,}" for k, v in cm["alive"].items())
     lines = ["", "## SmolLM2 vs Gemma-3-270M at relative depths (text aligned by character offsets)", "",
-              "mean matched r (rows SmolLM2, columns Gemma; relative depth in brackets):", "",
-              "| | " + " | ".join(f"{c} ({cm['depth_gemma'][c]:.2f})" for c in cm["mean_r"]["cols"]) + " |",
-              "|---|" + "---|" * len(cm["mean_r"]["cols"])]
-    for i, row in enumerate(cm["mean_r"]["rows"]):
-        lines.append(f"| {row} ({cm['depth_smol'][row]:.2f}) | " + " | ".join(fmt(v) for v in cm["mean_r"]["values"][i]) + " |")
-    if cm.get("svcca"):
-        lines += ["", "SVCCA of paired decoders (p-value against shuffled pairings):", "",
-                  "| | " + " | ".join(cm["svcca"]["cols"]) + " |", "|---|" + "---|" * len(cm["svcca"]["cols"])]
-        for i, row in enumerate(cm["svcca"]["rows"]):
-            cells = [f"{fmt(v)} ({fmt(p, 3)})" if v is not None else "-"
-                     for v, p in zip(cm["svcca"]["values"][i], cm["svcca"]["p_values"][i], strict=True)]
-            lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", "Best-matching Gemma layer per SmolLM2 layer (by mean r): " +
-              ", ".join(f"{a} ({cm['depth_smol'][a]:.2f}) -> {b} ({cm['depth_gemma'][b]:.2f})" for a, b in cm["best_by_mean_r"].items()), ""]
-    return lines
+             f"Rows SmolLM2, columns Gemma, relative depth (layer + 1) / n_layers in brackets; {cm['aligned_tokens']:,} "
+             f"aligned tokens. Alive features on them (fire on >= 5 tokens): {alive}. Hungarian pairs min(alive A, alive B) "
+             "features, so mean r against an SAE with fewer alive features averages only the best-matched part of the "
+             "other side; the best-n mean and the share (of all alive SmolLM2 features) do not have that bias.", ""]
+    for v, title in titles.items():
+        m = cm[v]
+        lines += [f"{title}:", "", "| | " + " | ".join(f"{c} ({dg[c]:.2f})" for c in m["cols"]) + " |",
+                  "|---|" + "---|" * len(m["cols"])]
+        pvals = m.get("p_values") or [[None] * len(m["cols"])] * len(m["rows"])
+        for i, row in enumerate(m["rows"]):
+            cells = [fmt(x) if pv is None else f"{fmt(x)} ({fmt(pv, 3)})" for x, pv in zip(m["values"][i], pvals[i], strict=True)]
+            lines.append(f"| {row} ({ds[row]:.2f}) | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    def arrows(best: dict, d_from: dict, d_to: dict) -> str:
+        return ", ".join(f"{a} -> {b}" for a, b in best.items())
+
+    lines += ["Which layers correspond. A raw best match carries each layer's main effect (e.g. early layers of both "
+              "models share more token-level features, and the alive-count bias above); the interaction is the matrix "
+              "with its row and column means removed. Spearman: interaction vs -|relative depth difference|; p over "
+              "all 24 orderings of the SmolLM2 layers (the smallest possible p is 1/24 = 0.042).", "",
+              "| statistic | best Gemma layer per SmolLM2 layer (raw) | best SmolLM2 layer per Gemma layer (raw) | "
+              "best Gemma layer per SmolLM2 layer (interaction) | Spearman with depth (p) |", "|---|---|---|---|---|"]
+    for v, d in cm["depth_alignment"].items():
+        lines.append(f"| {v} | {arrows(d['best_col_raw'], ds, dg)} | {arrows(d['best_row_raw'], dg, ds)} | "
+                     f"{arrows(d['best_col_interaction'], ds, dg)} | {fmt(d['spearman_with_depth'])} ({fmt(d['p_value'])}) |")
+    lines += ["", f"Controls (the same {cm['aligned_tokens']:,} aligned tokens as the matrix; Hungarian; SVCCA of paired "
+              "decoders against shuffled pairings):", "",
+              f"| control | pair | alive A/B | mean r | mean r, best {n:,} | share r>0.7 | SVCCA (null mean, p) |",
+              "|---|---|---|---|---|---|---|"]
+    for h in cm["controls"]:
+        sv = h.get("svcca")
+        lines.append(f"| {h['control']} | {h['pair']} | {h['alive_a']}/{h['alive_b']} | {fmt(h['mean_r'])} | "
+                     f"{fmt(h['mean_r_best_n'])} | {fmt(h['share_r_gt_0.7'])} | "
+                     + (f"{sv['score']:.3f} ({sv['null_mean']:.3f}, {sv['p_value']:.3g})" if sv else "-") + " |")
+    return lines + [""]
 
 
 def smollm2_md(summary: dict) -> list[str]:
@@ -229,13 +262,12 @@ def main() -> None:
     # a one-stage run adds its part to the summary an earlier run with the same settings wrote, never erases the other
     previous = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
     summary: dict = previous if previous.get("settings") == settings else {"settings": settings}
-    summary["seconds"] = {}
+    summary["seconds"] = summary.get("seconds", {})
 
     # ---- SmolLM2: train, then seeds / adjacent / far layers from one matching stream
     smol = models.load("smollm2-135m")
-    t0 = time.perf_counter()
     tr = train_suite("smollm2-135m", smol, sae_entries(SMOL_LAYERS, a.d_sae_smol, a.k, a.lr, (SMOL_SEED_TWIN, 11, 1011)), a, out / "train_smollm2")
-    summary["seconds"]["train_smollm2"] = time.perf_counter() - t0
+    summary["seconds"]["train_smollm2"] = tr.get("train_seconds")
     summary["train_smollm2"] = {n: {k: r.get(k) for k in ("explained_variance", "ce_loss_recovered", "l0", "dead_latents")}
                                 for n, r in tr["saes"].items()}
     saes = load_saes(out / "train_smollm2", [*SMOL_LAYERS, SMOL_SEED_TWIN])
@@ -245,7 +277,7 @@ def main() -> None:
         write_summary(summary, out)
     if "cross" in stages:
         cross_stage(summary, saes, smol, base, a, out)
-    summary["seconds"]["total"] = time.perf_counter() - t_all
+    summary["seconds"]["this_run"] = time.perf_counter() - t_all
     write_summary(summary, out)
 
 
@@ -260,10 +292,9 @@ def smollm2_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> 
     saes = {**saes, RANDOM_BASELINE: untrained_like(saes["L11"], seed=2024)}
     cfg = validate(matching.MatchConfig, {**base, "random_subsets": a.random_subsets}, where="feature_universality")
     others = [SMOL_SEED_TWIN, "L12", "L5", "L17", "L23", RANDOM_BASELINE]
-    t0 = time.perf_counter()
     res = matched(out / "match_smollm2", cfg, ["L11", *others],
                   lambda: matching.match_saes({"L11": saes["L11"]}, {n: saes[n] for n in others}, smol, None, cfg))
-    summary["seconds"]["match_smollm2"] = time.perf_counter() - t0
+    summary["seconds"]["match_smollm2"] = compute_seconds(res)
     summary["smollm2"] = []
     for n in others:
         h = headline(pick(res, "L11", n))
@@ -298,28 +329,59 @@ def smollm2_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> 
 def cross_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> None:
     """SmolLM2 x Gemma at relative depths, text aligned by character offsets."""
     gemma = models.load("gemma-3-270m")
-    t0 = time.perf_counter()
-    train_suite("gemma-3-270m", gemma, sae_entries(GEMMA_LAYERS, a.d_sae_gemma, a.k, a.lr, seed_base=100), a, out / "train_gemma")
-    summary["seconds"]["train_gemma"] = time.perf_counter() - t0
+    tr = train_suite("gemma-3-270m", gemma, sae_entries(GEMMA_LAYERS, a.d_sae_gemma, a.k, a.lr, seed_base=100), a, out / "train_gemma")
+    summary["seconds"]["train_gemma"] = tr.get("train_seconds")
     gsaes = load_saes(out / "train_gemma", list(GEMMA_LAYERS))
     cfg_x = validate(matching.MatchConfig, {**base, "random_subsets": a.matrix_subsets, "measures": ["svcca"],
                                             "sample_tokens": 0}, where="feature_universality")
-    t0 = time.perf_counter()
     xres = matched(out / "match_cross", cfg_x, [*CROSS_SMOL, *GEMMA_LAYERS],
                    lambda: matching.match_saes({n: saes[n] for n in CROSS_SMOL}, gsaes, smol, gemma, cfg_x),
                    heatmaps=("mean_r", "share_r_gt_0.7", "svcca"))
-    summary["seconds"]["match_cross"] = time.perf_counter() - t0
-    mr = similarity_matrix(xres["results"], value="mean_r")
-    sv = similarity_matrix(xres["results"], value="svcca")
-    vals = np.array([[np.nan if v is None else v for v in row] for row in mr["values"]])
+    summary["seconds"]["match_cross"] = compute_seconds(xres)
+    # controls: are cross-model numbers comparable with same-model ones, and what does chance give across models?
+    # (1) the SmolLM2 seed twins and untrained SAE on exactly the positions the cross-model matching compares;
+    # (2) SmolLM2 layers against an untrained SAE on Gemma layer 3 (the column every row matches best)
+    rand = {RANDOM_BASELINE: untrained_like(saes["L11"], seed=2024)}
+    same = matched(out / "match_smollm2_on_cross_tokens", cfg_x, ["L11", SMOL_SEED_TWIN, RANDOM_BASELINE],
+                   lambda: matching.match_saes({"L11": saes["L11"]}, {SMOL_SEED_TWIN: saes[SMOL_SEED_TWIN], **rand},
+                                               smol, None, cfg_x, align_to=gemma), heatmaps=())
+    grand = {GEMMA_BASELINE: untrained_like(gsaes["G3"], seed=2025)}
+    chance = matched(out / "match_cross_untrained", cfg_x, ["L5", "L11", GEMMA_BASELINE],
+                     lambda: matching.match_saes({n: saes[n] for n in ("L5", "L11")}, grand, smol, gemma, cfg_x),
+                     heatmaps=())
+    summary["seconds"]["cross_controls"] = compute_seconds(same) + compute_seconds(chance)
+
+    # Hungarian pairs min(alive A, alive B) features, so against an SAE with fewer alive features mean r averages
+    # only the best-matched part of the other side; the mean of the best n pairs, one n for all, does not
+    everything = xres["results"] + same["results"] + chance["results"]
+    n_best = min(r["summary"]["n_pairs"] for r in everything)
+    for r in everything:
+        r["summary"]["mean_r_best_n"] = mean_best(r, n_best)
+    matrices = {v: similarity_matrix(xres["results"], value=v) for v in ("mean_r", "mean_r_best_n", "share_r_gt_0.7", "svcca")}
+    depth_smol = {n: (SMOL_LAYERS[n] + 1) / smol.cfg.n_layers for n in CROSS_SMOL}
+    depth_gemma = {n: (GEMMA_LAYERS[n] + 1) / gemma.cfg.n_layers for n in GEMMA_LAYERS}
     summary["cross_model"] = {
-        "mean_r": mr, "svcca": sv, "share_r_gt_0.7": similarity_matrix(xres["results"], value="share_r_gt_0.7"),
-        "depth_smol": {n: (SMOL_LAYERS[n] + 1) / 30 for n in CROSS_SMOL},
-        "depth_gemma": {n: (GEMMA_LAYERS[n] + 1) / 18 for n in GEMMA_LAYERS},
-        "best_by_mean_r": {row: mr["cols"][int(np.nanargmax(vals[i]))] for i, row in enumerate(mr["rows"])},
+        **matrices, "n_best": n_best, "depth_smol": depth_smol, "depth_gemma": depth_gemma,
+        "alive": {n: {"alive": info["alive"], "d_sae": info["d_sae"]} for n, info in xres["saes"].items()},
+        # raw argmaxes carry each layer's main effect; the interaction (row and column means removed) does not
+        "depth_alignment": {v: depth_alignment(m, depth_smol, depth_gemma) for v, m in matrices.items()},
         "aligned_tokens": xres["timing"]["tokens"], "timing": xres["timing"],
+        "controls": [{**headline(r), "control": "SmolLM2 pair on the cross-model token set"} for r in same["results"]]
+                    + [{**headline(r), "control": "SmolLM2 vs an untrained Gemma SAE"} for r in chance["results"]]
+                    + [{**headline(pick(xres, a, "G3")), "control": "SmolLM2 vs the trained Gemma SAE (from the matrix)"}
+                       for a in ("L5", "L11")],
     }
 
+
+def compute_seconds(res: dict) -> float:
+    """What a matching took when it ran (saved with it, so a reused matching reports its own time, not the reuse)."""
+    return res["timing"]["stream_seconds"] + res["timing"]["results_seconds"]
+
+
+def mean_best(r: dict, n: int) -> float:
+    """Mean of the n highest matched r of one pair result."""
+    v = np.array([p["r"] for p in r["pairs"]], dtype=np.float64)
+    return float(np.sort(v[np.isfinite(v)])[::-1][:n].mean())
 
 if __name__ == "__main__":
     main()

@@ -204,6 +204,8 @@ def test_depth_alignment_finds_a_diagonal_under_main_effects():
     assert out["spearman_with_depth"] == pytest.approx(rho[0])
     assert out["p_value"] == pytest.approx(np.mean(np.array(rho) >= rho[0] - 1e-12)) and out["permutations"] == 24
     assert out["p_value"] == pytest.approx(1 / 24)  # the diagonal is the best of all 24 row orders
+    additive = sim.depth_alignment({**m, "values": main.tolist()}, depth, cdepth)
+    assert additive["spearman_with_depth"] is None and additive["p_value"] is None and additive["best_col_interaction"] == {}
     anti = {**m, "values": (main + diag[::-1]).tolist()}
     assert sim.depth_alignment(anti, depth, cdepth)["spearman_with_depth"] < 0
     with pytest.raises(Exception, match="complete matrix"):

@@ -400,8 +400,11 @@ def depth_alignment(matrix: dict, depth_rows: dict[str, float], depth_cols: dict
         rho = spearmanr(inter[list(order)].ravel(), closeness.ravel())[0]
         return -np.inf if np.isnan(rho) else float(rho)
 
-    observed = stat(range(len(rows)))
-    if math.factorial(len(rows)) <= max_permutations:
+    flat = np.ptp(inter) <= 1e-12 * max(np.abs(M).max(), 1.0)  # purely additive: no interaction to rank
+    observed = -np.inf if flat else stat(range(len(rows)))
+    if flat:
+        null, p_value = np.zeros(0), None
+    elif math.factorial(len(rows)) <= max_permutations:
         null = np.array([stat(p) for p in permutations(range(len(rows)))])  # includes the identity
         p_value = float(np.mean(null >= observed - 1e-12))
     else:
@@ -415,7 +418,8 @@ def depth_alignment(matrix: dict, depth_rows: dict[str, float], depth_cols: dict
     return {
         "rows": rows, "cols": cols, "interaction": inter.tolist(),
         "best_col_raw": best(M, 1, cols, rows), "best_row_raw": best(M, 0, rows, cols),
-        "best_col_interaction": best(inter, 1, cols, rows), "best_row_interaction": best(inter, 0, rows, cols),
-        "spearman_with_depth": None if observed == -np.inf else observed, "p_value": p_value if observed != -np.inf else None,
+        "best_col_interaction": {} if flat else best(inter, 1, cols, rows),
+        "best_row_interaction": {} if flat else best(inter, 0, rows, cols),
+        "spearman_with_depth": None if observed == -np.inf else observed, "p_value": None if observed == -np.inf else p_value,
         "permutations": len(null),
     }
