@@ -173,7 +173,7 @@ def cross_md(cm: dict) -> list[str]:
             lines.append(f"| {row} ({ds[row]:.2f}) | " + " | ".join(cells) + " |")
         lines.append("")
 
-    def arrows(best: dict, d_from: dict, d_to: dict) -> str:
+    def arrows(best: dict) -> str:
         return ", ".join(f"{a} -> {b}" for a, b in best.items())
 
     lines += ["Which layers correspond. A raw best match carries each layer's main effect (e.g. early layers of both "
@@ -183,8 +183,8 @@ def cross_md(cm: dict) -> list[str]:
               "| statistic | best Gemma layer per SmolLM2 layer (raw) | best SmolLM2 layer per Gemma layer (raw) | "
               "best Gemma layer per SmolLM2 layer (interaction) | Spearman with depth (p) |", "|---|---|---|---|---|"]
     for v, d in cm["depth_alignment"].items():
-        lines.append(f"| {v} | {arrows(d['best_col_raw'], ds, dg)} | {arrows(d['best_row_raw'], dg, ds)} | "
-                     f"{arrows(d['best_col_interaction'], ds, dg)} | {fmt(d['spearman_with_depth'])} ({fmt(d['p_value'])}) |")
+        lines.append(f"| {v} | {arrows(d['best_col_raw'])} | {arrows(d['best_row_raw'])} | "
+                     f"{arrows(d['best_col_interaction'])} | {fmt(d['spearman_with_depth'])} ({fmt(d['p_value'])}) |")
     lines += ["", f"Controls (the same {cm['aligned_tokens']:,} aligned tokens as the matrix; Hungarian; SVCCA of paired "
               "decoders against shuffled pairings):", "",
               f"| control | pair | alive A/B | mean r | mean r, best {n:,} | share r>0.7 | SVCCA (null mean, p) |",
@@ -223,6 +223,11 @@ def report_md(summary: dict) -> str:
              f"{summary['settings']['d_sae_gemma']}), {summary['settings']['train_tokens']:,} training tokens each; "
              f"activation matching over {summary['settings']['match_tokens']:,} compared tokens of `{summary['settings']['text']}`; "
              f"Hungarian matching; nulls of {summary['settings']['null']} shuffled pairings.", ""]
+    trained = {**summary.get("train_smollm2", {}), **summary.get("train_gemma", {})}
+    if trained:
+        lines += ["The SAEs on held-out text (explained variance, dead latents): " + ", ".join(
+            f"{n} {r['explained_variance']:.2f} / {r['dead_latents']:,}" for n, r in trained.items()
+            if r.get("explained_variance") is not None and r.get("dead_latents") is not None) + ".", ""]
     if summary.get("smollm2"):
         lines += smollm2_md(summary)
     if summary.get("cross_model"):
@@ -268,8 +273,7 @@ def main() -> None:
     smol = models.load("smollm2-135m")
     tr = train_suite("smollm2-135m", smol, sae_entries(SMOL_LAYERS, a.d_sae_smol, a.k, a.lr, (SMOL_SEED_TWIN, 11, 1011)), a, out / "train_smollm2")
     summary["seconds"]["train_smollm2"] = tr.get("train_seconds")
-    summary["train_smollm2"] = {n: {k: r.get(k) for k in ("explained_variance", "ce_loss_recovered", "l0", "dead_latents")}
-                                for n, r in tr["saes"].items()}
+    summary["train_smollm2"] = train_headline(tr)
     saes = load_saes(out / "train_smollm2", [*SMOL_LAYERS, SMOL_SEED_TWIN])
     base = {"text": {"source": a.text, "context_size": 128, "seed": 1}, "tokens": a.match_tokens, "null": a.null}
     if "smollm2" in stages:
@@ -331,6 +335,7 @@ def cross_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> No
     gemma = models.load("gemma-3-270m")
     tr = train_suite("gemma-3-270m", gemma, sae_entries(GEMMA_LAYERS, a.d_sae_gemma, a.k, a.lr, seed_base=100), a, out / "train_gemma")
     summary["seconds"]["train_gemma"] = tr.get("train_seconds")
+    summary["train_gemma"] = train_headline(tr)
     gsaes = load_saes(out / "train_gemma", list(GEMMA_LAYERS))
     cfg_x = validate(matching.MatchConfig, {**base, "random_subsets": a.matrix_subsets, "measures": ["svcca"],
                                             "sample_tokens": 0}, where="feature_universality")
@@ -371,6 +376,11 @@ def cross_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> No
                     + [{**headline(pick(xres, a, "G3")), "control": "SmolLM2 vs the trained Gemma SAE (from the matrix)"}
                        for a in ("L5", "L11")],
     }
+
+
+def train_headline(tr: dict) -> dict:
+    """Held-out quality of each trained SAE (from the training summary)."""
+    return {n: {k: r.get(k) for k in ("explained_variance", "ce_loss_recovered", "l0", "dead_latents")} for n, r in tr["saes"].items()}
 
 
 def compute_seconds(res: dict) -> float:
