@@ -275,6 +275,7 @@ def main() -> None:
     summary["seconds"]["train_smollm2"] = tr.get("train_seconds")
     summary["train_smollm2"] = train_headline(tr)
     saes = load_saes(out / "train_smollm2", [*SMOL_LAYERS, SMOL_SEED_TWIN])
+    saes[RANDOM_BASELINE] = untrained_like(saes["L11"], seed=2024)  # one baseline for both stages
     base = {"text": {"source": a.text, "context_size": 128, "seed": 1}, "tokens": a.match_tokens, "null": a.null}
     if "smollm2" in stages:
         smollm2_stage(summary, saes, smol, base, a, out)
@@ -293,7 +294,6 @@ def write_summary(summary: dict, out: Path) -> None:
 
 def smollm2_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> None:
     """Seeds, adjacent and far layers of SmolLM2 from one matching stream, and weight matching."""
-    saes = {**saes, RANDOM_BASELINE: untrained_like(saes["L11"], seed=2024)}
     cfg = validate(matching.MatchConfig, {**base, "random_subsets": a.random_subsets}, where="feature_universality")
     others = [SMOL_SEED_TWIN, "L12", "L5", "L17", "L23", RANDOM_BASELINE]
     res = matched(out / "match_smollm2", cfg, ["L11", *others],
@@ -346,13 +346,12 @@ def cross_stage(summary: dict, saes: dict, smol, base: dict, a, out: Path) -> No
     # controls: are cross-model numbers comparable with same-model ones, and what does chance give across models?
     # (1) the SmolLM2 seed twins and untrained SAE on exactly the positions the cross-model matching compares;
     # (2) SmolLM2 layers against an untrained SAE on Gemma layer 3 (the column every row matches best)
-    rand = {RANDOM_BASELINE: untrained_like(saes["L11"], seed=2024)}
     same = matched(out / "match_smollm2_on_cross_tokens", cfg_x, ["L11", SMOL_SEED_TWIN, RANDOM_BASELINE],
-                   lambda: matching.match_saes({"L11": saes["L11"]}, {SMOL_SEED_TWIN: saes[SMOL_SEED_TWIN], **rand},
+                   lambda: matching.match_saes({"L11": saes["L11"]}, {n: saes[n] for n in (SMOL_SEED_TWIN, RANDOM_BASELINE)},
                                                smol, None, cfg_x, align_to=gemma), heatmaps=())
-    grand = {GEMMA_BASELINE: untrained_like(gsaes["G3"], seed=2025)}
     chance = matched(out / "match_cross_untrained", cfg_x, ["L5", "L11", GEMMA_BASELINE],
-                     lambda: matching.match_saes({n: saes[n] for n in ("L5", "L11")}, grand, smol, gemma, cfg_x),
+                     lambda: matching.match_saes({n: saes[n] for n in ("L5", "L11")},
+                                                 {GEMMA_BASELINE: untrained_like(gsaes["G3"], seed=2025)}, smol, gemma, cfg_x),
                      heatmaps=())
     summary["seconds"]["cross_controls"] = compute_seconds(same) + compute_seconds(chance)
 

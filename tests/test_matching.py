@@ -384,11 +384,11 @@ def test_cross_model_matching_and_same_model_pairs_on_its_token_set(tiny_model, 
 
     from saecircuits.text import TextConfig
 
-    for i in range(4):
-        (tmp_path / "text").mkdir(exist_ok=True)
-        (tmp_path / "text" / f"doc{i}.txt").write_text("café au lait, oui " * (40 + i))
     from transformers import AutoTokenizer
 
+    (tmp_path / "text").mkdir()
+    for i in range(4):
+        (tmp_path / "text" / f"doc{i}.txt").write_text("café au lait, oui " * (40 + i))
     _word_tokenizer().save_pretrained(tmp_path / "words")  # TransformerLens reloads a tokenizer by name
     words = make_tiny_model(tokenizer=AutoTokenizer.from_pretrained(str(tmp_path / "words")), n_layers=2, seed=3)
     x = make_sae(d_in=tiny_model.cfg.d_model, d_sae=24, k=3, hook="blocks.1.hook_resid_post", seed=0)
@@ -406,6 +406,12 @@ def test_cross_model_matching_and_same_model_pairs_on_its_token_set(tiny_model, 
     assert unaligned["saes"]["X"]["mean_active"] != same["saes"]["X"]["mean_active"]  # all byte positions differ
     pairs = same["results"][0]["pairs"]
     assert pairs and all(p["a"] == p["b"] and p["r"] > 0.999 for p in pairs)
+    # only positions where a word ends are compared: the last byte of café (é's 2nd byte, '�' alone), au, lait, ',', oui
+    def top_tokens(res):
+        return {t for p in res["results"][0]["pairs"] for t in p["top_tokens_a"]}
+
+    assert top_tokens(cross) | top_tokens(same) <= {"�", "u", "t", ",", "i"}
+    assert {"c", "a", " "} <= top_tokens(unaligned)  # the same-model stream compares every byte
     with pytest.raises(SaecircuitsError, match="align_to"):
         matching.match_saes({"X": x}, {"Y": y}, tiny_model, words, cfg, progress=False, align_to=words)
 

@@ -208,7 +208,9 @@ def test_depth_alignment_finds_a_diagonal_under_main_effects():
     assert additive["spearman_with_depth"] is None and additive["p_value"] is None and additive["best_col_interaction"] == {}
     anti = {**m, "values": (main + diag[::-1]).tolist()}
     assert sim.depth_alignment(anti, depth, cdepth)["spearman_with_depth"] < 0
-    with pytest.raises(Exception, match="complete matrix"):
+    from saecircuits.errors import SaecircuitsError
+
+    with pytest.raises(SaecircuitsError, match="complete matrix"):
         sim.depth_alignment({**m, "values": [[None, 1.0], [1.0, 1.0]], "rows": ["r0", "r1"], "cols": ["c0", "c1"]},
                             depth, cdepth)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import networkx as nx
@@ -24,6 +23,10 @@ from saecircuits.files import ensure_dir, read_json, save_figure, write_bytes, w
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.~" else "_" for c in name)
+
+
+def _pair_folder(out: Path, a: str, b: str) -> Path:
+    return out / "pairs" / f"{_safe(a)}__{_safe(b)}"
 
 
 def write_table(rows: list[dict], stem: Path) -> list[Path]:
@@ -104,7 +107,7 @@ def write_match(result: dict, out: str | Path, heatmaps: tuple[str, ...] = ("mea
     out = ensure_dir(out)
     written: dict = {"pairs": {}}
     for r in result["results"]:
-        folder = out / "pairs" / f"{_safe(r['a'])}__{_safe(r['b'])}"
+        folder = _pair_folder(out, r["a"], r["b"])
         write_table(r["pairs"], folder / "table")
         write_json(folder / "summary.json", {k: v for k, v in r.items() if k != "pairs"})
         histogram_figure([p["r"] for p in r["pairs"] if p["kept"]], folder / "r_hist",
@@ -128,7 +131,7 @@ def read_match(out: str | Path) -> dict:
     out = Path(out)
     result = read_json(out / "match.json", "matching result")
     for r in result["results"]:
-        r["pairs"] = read_json(out / "pairs" / f"{_safe(r['a'])}__{_safe(r['b'])}" / "table.json", "matching table")
+        r["pairs"] = read_table(_pair_folder(out, r["a"], r["b"]) / "table.json")
     return result
 
 
@@ -168,7 +171,8 @@ def write_flow(result: dict, out: str | Path) -> dict:
 
 
 def read_table(path: str | Path) -> list[dict]:
-    return json.loads(Path(path).read_text())
+    """A table ``write_table`` wrote (its .json)."""
+    return read_json(path, "matching table")
 
 
 # ------------------------------------------------------------------ the `saecircuits match` command

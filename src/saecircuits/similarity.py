@@ -396,30 +396,26 @@ def depth_alignment(matrix: dict, depth_rows: dict[str, float], depth_cols: dict
     inter = M - M.mean(1, keepdims=True) - M.mean(0, keepdims=True) + M.mean()
     closeness = -np.abs(np.array([depth_rows[r] for r in rows])[:, None] - np.array([depth_cols[c] for c in cols])[None])
 
-    def stat(order) -> float:
-        rho = spearmanr(inter[list(order)].ravel(), closeness.ravel())[0]
-        return -np.inf if np.isnan(rho) else float(rho)
+    def best(A: np.ndarray, axis: int, labels: list[str], keys: list[str]) -> dict:
+        return {k: labels[int(i)] for k, i in zip(keys, A.argmax(axis), strict=True)}
 
-    flat = np.ptp(inter) <= 1e-12 * max(np.abs(M).max(), 1.0)  # purely additive: no interaction to rank
-    observed = -np.inf if flat else stat(range(len(rows)))
-    if flat:
-        null, p_value = np.zeros(0), None
-    elif math.factorial(len(rows)) <= max_permutations:
+    out = {"rows": rows, "cols": cols, "interaction": inter.tolist(),
+           "best_col_raw": best(M, 1, cols, rows), "best_row_raw": best(M, 0, rows, cols),
+           "best_col_interaction": {}, "best_row_interaction": {}, "spearman_with_depth": None, "p_value": None,
+           "permutations": 0}
+    if np.ptp(inter) <= 1e-12 * max(np.abs(M).max(), 1.0) or np.ptp(closeness) == 0:
+        return out  # purely additive (no interaction to rank) or every depth difference equal (nothing to rank against)
+
+    def stat(order) -> float:
+        return float(spearmanr(inter[list(order)].ravel(), closeness.ravel())[0])
+
+    observed = stat(range(len(rows)))
+    if math.factorial(len(rows)) <= max_permutations:
         null = np.array([stat(p) for p in permutations(range(len(rows)))])  # includes the identity
         p_value = float(np.mean(null >= observed - 1e-12))
     else:
         g = np.random.default_rng(seed)
         null = np.array([stat(g.permutation(len(rows))) for _ in range(max_permutations)])
         p_value = float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
-
-    def best(A: np.ndarray, axis: int, labels: list[str], keys: list[str]) -> dict:
-        return {k: labels[int(i)] for k, i in zip(keys, A.argmax(axis), strict=True)}
-
-    return {
-        "rows": rows, "cols": cols, "interaction": inter.tolist(),
-        "best_col_raw": best(M, 1, cols, rows), "best_row_raw": best(M, 0, rows, cols),
-        "best_col_interaction": {} if flat else best(inter, 1, cols, rows),
-        "best_row_interaction": {} if flat else best(inter, 0, rows, cols),
-        "spearman_with_depth": None if observed == -np.inf else observed, "p_value": None if observed == -np.inf else p_value,
-        "permutations": len(null),
-    }
+    return {**out, "best_col_interaction": best(inter, 1, cols, rows), "best_row_interaction": best(inter, 0, rows, cols),
+            "spearman_with_depth": observed, "p_value": p_value, "permutations": len(null)}
