@@ -9,4 +9,5 @@ demo: setup
 	$(PY) -m saecircuits demo $(ARGS)
 
 test: setup
+	$(dir $(PY))lint-imports --no-cache
 	$(PY) -m pytest -q $(ARGS)

@@ -63,7 +63,7 @@ def side_ours(args: dict) -> dict:
     import torch
 
     from saecircuits.dashboards import build_dashboards
-    from saecircuits.models import load
+    from saecircuits.model.loading import load
 
     torch.set_grad_enabled(False)
     model = load("smollm2-135m")
@@ -188,8 +188,8 @@ def prepare_sae(arg: str | None, train_tokens: int) -> tuple[Path, str]:
         c = json.loads(cfg.read_text())
         if c.get("d_sae") == 4608 and (c.get("metadata") or {}).get("hook_name") == HOOK:
             return cfg.parent, f"the benchmark SAE {cfg.parent.relative_to(ROOT)}"
-    from saecircuits.config import read_yaml, validate
-    from saecircuits.training import TrainConfig, train
+    from saecircuits.core.config import read_yaml, validate
+    from saecircuits.training.trainer import TrainConfig, train
 
     data = read_yaml(ROOT / "configs" / "smollm2_layer6_topk.yaml")
     data.update(out=str(BENCH_RUN), total_tokens=train_tokens, wandb={"mode": "off"})
@@ -220,8 +220,8 @@ def reference_resid(tokens_path: Path) -> Path:
         return path
     import torch
 
-    from saecircuits.files import load_tensors, save_tensors
-    from saecircuits.models import load
+    from saecircuits.core.files import load_tensors, save_tensors
+    from saecircuits.model.loading import load
 
     tokens = load_tensors(tokens_path)["tokens"][:2]
     with torch.inference_mode():
@@ -244,7 +244,7 @@ def main() -> None:
     python = setup_venv()
     if a.setup_venv:
         return
-    from saecircuits.models import cache_root, load
+    from saecircuits.model.loading import cache_root, load
 
     if a.smoke:
         sae, sae_note, a.contexts, a.repeats = random_sae(32), "random TopK SAE, d_sae 32 (smoke test)", 2, 1

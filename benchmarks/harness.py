@@ -83,7 +83,7 @@ def machine() -> dict:
 
 
 def write(name: str, data: dict, markdown: str) -> None:
-    from saecircuits.files import write_json, write_text
+    from saecircuits.core.files import write_json, write_text
 
     write_json(RESULTS / f"{name}.json", data)
     write_text(RESULTS / f"{name}.md", markdown.rstrip() + "\n")
@@ -95,9 +95,9 @@ def shared_tokens(model_name: str, n_contexts: int, context_size: int = 128, sou
     path = WORK / f"tokens_{model_name}_{source}_{split}_{n_contexts}x{context_size}.safetensors"
     if path.exists():
         return path
-    from saecircuits.files import save_tensors
-    from saecircuits.models import load
-    from saecircuits.text import TextConfig, TextSource
+    from saecircuits.core.files import save_tensors
+    from saecircuits.model.loading import load
+    from saecircuits.text.source import TextConfig, TextSource
 
     model = load(model_name)
     src = TextSource.for_model(TextConfig(source=source, context_size=context_size), model)
@@ -111,7 +111,7 @@ def smollm2(model_batch: int = 8, context: int = 128):
     """SmolLM2-135M, warmed up by one forward (outside any timing; the same for every side)."""
     import torch
 
-    from saecircuits.models import load
+    from saecircuits.model.loading import load
 
     model = load("smollm2-135m")
     with torch.inference_mode():
@@ -123,8 +123,8 @@ def side_bare(args: dict, model_batch: int = 8) -> dict:
     """The floor: TransformerLens's forward to the deepest of ``args["hooks"]``, over ``args["tokens"]``, nothing else."""
     import torch
 
-    from saecircuits.files import load_tensors
-    from saecircuits.hooks import stop_at_layer
+    from saecircuits.core.files import load_tensors
+    from saecircuits.model.hooks import stop_at_layer
 
     model = smollm2(model_batch)
     tokens = load_tensors(args["tokens"])["tokens"]

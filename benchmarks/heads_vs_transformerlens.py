@@ -10,7 +10,7 @@
   TransformerLens's ``composition_scores`` once per receiver layer (senders of all earlier layers at
   once) instead; the results record which.
 
-Both read the model as ``saecircuits.models.load`` gives it (norms folded); loading is not timed.
+Both read the model as ``saecircuits.model.loading.load`` gives it (norms folded); loading is not timed.
 Each side runs in a fresh process, interleaved, ``--repeats`` rounds; medians, every raw value,
 peak memory, and the largest difference between the two sides' scores are recorded in
 ``benchmarks/results/heads_vs_transformerlens_{model}.{json,md}``.
@@ -41,7 +41,7 @@ def _model(name: str):
                                       attn_only=True, n_ctx=64, d_vocab=100, act_fn="gelu", normalization_type=None,
                                       seed=0, model_name="tiny-gqa")
         return HookedTransformer(cfg).eval()
-    from saecircuits.models import load
+    from saecircuits.model.loading import load
 
     return load(name)
 
@@ -49,8 +49,8 @@ def _model(name: str):
 def side_saecircuits(args: dict) -> dict:
     import torch
 
-    from saecircuits.files import save_tensors
-    from saecircuits.heads import HeadCircuits, HeadGraphConfig, composition_scores, weight_graph
+    from saecircuits.core.files import save_tensors
+    from saecircuits.heads.graph import HeadCircuits, HeadGraphConfig, composition_scores, weight_graph
 
     model = _model(args["model"])
     cfg = HeadGraphConfig()
@@ -69,7 +69,7 @@ def side_saecircuits(args: dict) -> dict:
 def side_transformerlens(args: dict) -> dict:
     import torch
 
-    from saecircuits.files import save_tensors
+    from saecircuits.core.files import save_tensors
 
     from transformer_lens.utils import composition_scores
 
@@ -110,7 +110,7 @@ def main() -> None:
     runs = [(side, side, {"model": model, "scores": files[side]}) for side in files]
     res = harness.interleaved(__file__, runs, 1 if a.smoke else a.repeats)
 
-    from saecircuits.files import load_tensors
+    from saecircuits.core.files import load_tensors
 
     ours, theirs = load_tensors(files["saecircuits"]), load_tensors(files["transformerlens"])
     diff = {}

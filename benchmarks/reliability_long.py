@@ -104,7 +104,7 @@ def same_tensors(a: Path, b: Path, pattern: str) -> dict:
 
 
 def case_training(work: Path, tokens: int, kills: int, rng: random.Random) -> dict:
-    from saecircuits.files import load_tensors, read_json
+    from saecircuits.core.files import load_tensors, read_json
 
     cfgs = {}
     for name in ("killed", "uninterrupted"):
@@ -161,7 +161,7 @@ def case_cache(work: Path, tokens: int, kills: int, rng: random.Random) -> dict:
 
 
 def case_dashboards(work: Path, sae: Path, tokens: int, kills: int, rng: random.Random) -> dict:
-    from saecircuits.files import load_tensors, read_json
+    from saecircuits.core.files import load_tensors, read_json
 
     argv = ["--sae", str(sae), "--model", MODEL, "--text", "stdlib", "--tokens", str(tokens), "--context-size",
             str(CONTEXT), "--batch", "8", "--wandb", "off"]
@@ -187,8 +187,8 @@ def case_dashboards(work: Path, sae: Path, tokens: int, kills: int, rng: random.
 
 def side_stream(args: dict) -> dict:
     """A streaming training run (no cache, no checkpoints) in this process; the harness adds VmHWM."""
-    from saecircuits.config import validate
-    from saecircuits.training import TrainConfig, train
+    from saecircuits.core.config import validate
+    from saecircuits.training.trainer import TrainConfig, train
 
     cfg = validate(TrainConfig, train_config(Path(args["out"]), args["tokens"], None))
     t = time.perf_counter()

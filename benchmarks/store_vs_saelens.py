@@ -33,14 +33,14 @@ def _model():
 
 
 def _tokens(args):
-    from saecircuits.files import load_tensors
+    from saecircuits.core.files import load_tensors
 
     return load_tensors(args["tokens"])["tokens"]
 
 
 def side_ours(args: dict) -> dict:
-    from saecircuits.store import ActivationStore, StoreConfig
-    from saecircuits.text import TextConfig, TextSource
+    from saecircuits.activations.store import ActivationStore, StoreConfig
+    from saecircuits.text.source import TextConfig, TextSource
 
     model = _model()
     text = TextSource(TextConfig(source=f"tokens:{args['tokens']}", context_size=CONTEXT, eval_fraction=0),
@@ -58,8 +58,8 @@ def side_ours(args: dict) -> dict:
 
 def side_cache_read(args: dict) -> dict:
     """Stream a cache of the same contexts (built beforehand, not timed) through the store, shuffled."""
-    from saecircuits.activation_cache import ActivationCache
-    from saecircuits.store import StoreConfig
+    from saecircuits.activations.cache import ActivationCache
+    from saecircuits.activations.store import StoreConfig
 
     cache = ActivationCache(args["cache"])
     cfg = StoreConfig(batch_size_tokens=TRAIN_BATCH, model_batch_size=MODEL_BATCH, buffer_tokens=BUFFER_TOKENS)
@@ -73,9 +73,9 @@ def side_cache_read(args: dict) -> dict:
 
 def build_cache(tokens: str, hooks: list[str]) -> str:
     """The cache the cache-read side streams (built once per token file and hook set)."""
-    from saecircuits.activation_cache import build_cache as build
-    from saecircuits.store import StoreConfig
-    from saecircuits.text import TextConfig, TextSource
+    from saecircuits.activations.cache import build_cache as build
+    from saecircuits.activations.store import StoreConfig
+    from saecircuits.text.source import TextConfig, TextSource
 
     folder = harness.WORK / f"cache_{Path(tokens).stem}_{len(hooks)}hooks"
     model = _model()
@@ -124,7 +124,7 @@ def side_saelens(args: dict) -> dict:
     import datasets
     import torch
 
-    from saecircuits.models import special_token_ids
+    from saecircuits.model.loading import special_token_ids
 
     model, tokens = _model(), _tokens(args)
     ds = datasets.Dataset.from_dict({"input_ids": tokens.tolist()})

@@ -37,8 +37,8 @@ def _model():
 
 def _evaluate(model, sae_dirs: dict[str, str], eval_tokens: str) -> dict:
     """The same evaluator, on the same held-out contexts, for SAEs of either tool (files in SAELens format)."""
-    from saecircuits.evaluation import SAEUnderTest, evaluate
-    from saecircuits.files import load_tensors
+    from saecircuits.training.evaluation import SAEUnderTest, evaluate
+    from saecircuits.core.files import load_tensors
     from saecircuits.sae import format as sae_format
 
     tokens = load_tensors(eval_tokens)["tokens"]
@@ -49,8 +49,8 @@ def _evaluate(model, sae_dirs: dict[str, str], eval_tokens: str) -> dict:
 
 
 def side_ours(args: dict) -> dict:
-    from saecircuits.config import validate
-    from saecircuits.training import Trainer, TrainConfig, make_store
+    from saecircuits.core.config import validate
+    from saecircuits.training.trainer import Trainer, TrainConfig, make_store
 
     model = _model()
     out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
@@ -92,8 +92,8 @@ def side_saelens(args: dict) -> dict:
     import datasets
     from sae_lens import LanguageModelSAETrainingRunner
 
-    from saecircuits.files import load_tensors
-    from saecircuits.models import special_token_ids
+    from saecircuits.core.files import load_tensors
+    from saecircuits.model.loading import special_token_ids
 
     model = _model()
     tokens = load_tensors(args["tokens"])["tokens"]
@@ -120,8 +120,8 @@ def side_saelens_multi(args: dict) -> dict:
     from sae_lens import LoggingConfig, TopKTrainingSAEConfig
     from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 
-    from saecircuits.files import load_tensors
-    from saecircuits.models import special_token_ids
+    from saecircuits.core.files import load_tensors
+    from saecircuits.model.loading import special_token_ids
 
     model = _model()
     tokens = load_tensors(args["tokens"])["tokens"]
@@ -247,7 +247,7 @@ def _quality_md(part: dict) -> list[str]:
             f"dead latents **{ours['dead_latents']} vs {e_best['dead_latents']}** (target: EV >= SAELens's best, fewer dead)",
             f"- both tools on the same learning-rate grid ({', '.join(f'{lr:g}' for lr in QUALITY_LRS)}); saecircuits trains its "
             "four SAEs from one stream",
-            f"- every SAE evaluated by the same code (saecircuits.evaluation, SAELens-format files) on {a['eval_contexts']} "
+            f"- every SAE evaluated by the same code (saecircuits.training.evaluation, SAELens-format files) on {a['eval_contexts']} "
             "held-out contexts x 128 tokens", ""]
 
 

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from saecircuits import models, tasks
-from saecircuits.ablation import ablation_values
-from saecircuits.circuit import CircuitConfig, find_and_validate, head_overlap, summary_lines, write_results
-from saecircuits.config import validate
-from saecircuits.files import write_json, write_text
-from saecircuits.patching import HeadPatcher
+from saecircuits.model import loading as models
+from saecircuits.circuits import tasks
+from saecircuits.circuits.ablation import ablation_values
+from saecircuits.circuits.study import CircuitConfig, find_and_validate, head_overlap, summary_lines, write_results
+from saecircuits.core.config import validate
+from saecircuits.core.files import write_json, write_text
+from saecircuits.circuits.patching import HeadPatcher
 
 
 def naive_sweep_seconds(model, task, values, heads: list[tuple[int, int]]) -> float:
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if results.get("edge_scores") is not None:
         say("weight graph (heads.weight_graph) against edge attribution")
-        from saecircuits.circuit import weights_vs_edges
-        from saecircuits.heads import weight_graph
+        from saecircuits.circuits.study import weights_vs_edges
+        from saecircuits.heads.graph import weight_graph
 
         t = time.perf_counter()
         _, weight_scores = weight_graph(model)

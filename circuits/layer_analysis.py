@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from saecircuits.files import ensure_dir, write_json, write_text
-from saecircuits.layers import contributions, figures, lens, linearity, probes, skipping, tuned
-from saecircuits.layers.stream import StreamConfig
-from saecircuits.models import load
-from saecircuits.text import TextConfig
+from saecircuits.core.files import ensure_dir, write_json, write_text
+from saecircuits.layerwise import contributions, figures, lens, linearity, probes, skipping, tuned
+from saecircuits.layerwise.stream import StreamConfig
+from saecircuits.model.loading import load
+from saecircuits.text.source import TextConfig
 
 CANONICAL = ("When Mary and John went to the store, John gave a drink to", " Mary")
 

@@ -66,7 +66,7 @@ def tiny_model(byte_tokenizer):
 @pytest.fixture(scope="session")
 def smollm2():
     """The real default model (converted once per machine, then read from the cache)."""
-    from saecircuits.models import load
+    from saecircuits.model.loading import load
 
     return load("smollm2-135m")
 

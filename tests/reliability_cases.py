@@ -81,13 +81,13 @@ def train_config(fx_root: Path, model: Path, text: Path, out: Path, **changes) -
 
 def make_fixtures(root: Path, tokenizer) -> Fixtures:
     """Everything the faults run on, built in this process (a few seconds)."""
-    from saecircuits.activation_cache import build_cache
-    from saecircuits.config import validate
+    from saecircuits.activations.cache import build_cache
+    from saecircuits.core.config import validate
     from saecircuits.dashboards import build_dashboards
-    from saecircuits.models import load
-    from saecircuits.store import StoreConfig
-    from saecircuits.text import TextConfig, TextSource
-    from saecircuits.training import TrainConfig, train
+    from saecircuits.model.loading import load
+    from saecircuits.activations.store import StoreConfig
+    from saecircuits.text.source import TextConfig, TextSource
+    from saecircuits.training.trainer import TrainConfig, train
 
     root.mkdir(parents=True, exist_ok=True)
     model = tiny_llama(root / "llama", tokenizer)
@@ -374,7 +374,7 @@ def run_in_process(case: Case) -> Outcome:
     """The command through the same typer app in this process (no interpreter start-up: fast)."""
     from typer.testing import CliRunner
 
-    from saecircuits.cli import app
+    from saecircuits.app.cli import app
 
     before = folder_hashes(case.protect)
     result = CliRunner().invoke(app, case.argv, env=case.env)

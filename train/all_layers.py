@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from saecircuits import models
-from saecircuits.config import validate
-from saecircuits.training import TrainConfig, train
+from saecircuits.model import loading as models
+from saecircuits.core.config import validate
+from saecircuits.training.trainer import TrainConfig, train
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ The flow, one module a stage: text -> models -> store (activations) -> sae / tra
 dashboards, matching, heads, tasks, ablation -> report. See the README for the commands.
 """
 
-from saecircuits.errors import SaecircuitsError
+from saecircuits.core.errors import SaecircuitsError
 
 __version__ = "0.1.0"
 __all__ = ["SaecircuitsError", "__version__"]

@@ -1,3 +1,3 @@
-from saecircuits.cli import main
+from saecircuits.app.cli import main
 
 main()

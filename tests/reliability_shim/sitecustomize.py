@@ -55,7 +55,7 @@ if os.environ.get("RELIABILITY_NET_LOG"):
 if os.environ.get("RELIABILITY_SLOW_FORWARD"):
     import time
 
-    from saecircuits import store as _store
+    from saecircuits.activations import store as _store
 
     _delay = float(os.environ["RELIABILITY_SLOW_FORWARD"])
     _activations = _store.ModelActivations.activations

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from saecircuits.config import Config
+from saecircuits.core.config import Config
 from saecircuits.dashboards import html as H
 from saecircuits.dashboards import neuronpedia
 from saecircuits.dashboards.stats import STATE_FORMAT, WINDOW_PAD, FeatureStats
 from saecircuits.dashboards.weights import logit_effects, nearest_features, residual_directions
-from saecircuits.errors import SaecircuitsError
-from saecircuits.files import ensure_dir, load_tensors, read_json, recover_dir, replace_dir, save_tensors, write_json, write_text
-from saecircuits.progress import TokenBar
-from saecircuits.text import TextConfig, TextSource
-from saecircuits.tracking import Run, WandbConfig
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import ensure_dir, load_tensors, read_json, recover_dir, replace_dir, save_tensors, write_json, write_text
+from saecircuits.core.progress import TokenBar
+from saecircuits.text.source import TextConfig, TextSource
+from saecircuits.core.tracking import Run, WandbConfig
 
 
 class DashboardConfig(Config):
@@ -85,7 +85,7 @@ def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_sour
     the SAE's name instead of starting one. A rerun resumes from the checkpoint in
     ``out_dir`` (``restart=True`` discards it).
     """
-    from saecircuits.config import validate
+    from saecircuits.core.config import validate
 
     text = settings.pop("text", {})
     text = {"source": text_source, **(text.model_dump() if isinstance(text, TextConfig) else text)}
@@ -96,7 +96,7 @@ def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_sour
 
 
 def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, model=None, wandb_run: Run | None = None) -> dict:
-    from saecircuits import models
+    from saecircuits.model import loading as models
     from saecircuits.sae import format as sae_format
 
     started = time.perf_counter()
@@ -134,7 +134,7 @@ def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, mode
 
 
 def _fingerprint(cfg: DashboardConfig, sae_dir: str, model) -> str:
-    from saecircuits.models import fingerprint
+    from saecircuits.model.loading import fingerprint
 
     h = hashlib.sha256()
     h.update(f"{STATE_FORMAT}{sorted(cfg.stats_fields().items())}".encode())
@@ -164,7 +164,7 @@ def _save_checkpoint(folder: Path, stats: FeatureStats, state: dict) -> None:
 
 def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = False, progress: bool = True) -> dict:
     """Run the model and the SAE over the text once, in batches; checkpointed and resumable."""
-    from saecircuits.store import ModelActivations, Site, site_widths
+    from saecircuits.activations.store import ModelActivations, Site, site_widths
 
     site = Site.parse(sae.cfg.hook)
     try:

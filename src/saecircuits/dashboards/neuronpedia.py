@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from saecircuits.files import ensure_dir, write_json
-from saecircuits.hooks import layer_of
+from saecircuits.core.files import ensure_dir, write_json
+from saecircuits.model.hooks import layer_of
 
 
 def _r(xs, nd: int = 3) -> list[float]:

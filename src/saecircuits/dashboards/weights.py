@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from transformer_lens import HookedTransformer
 
-from saecircuits.hooks import layer_of
-from saecircuits.store import Site
+from saecircuits.model.hooks import layer_of
+from saecircuits.activations.store import Site
 
 RESIDUAL_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 

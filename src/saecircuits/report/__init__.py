@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from saecircuits.files import ensure_dir, write_json
+from saecircuits.core.files import ensure_dir, write_json
 from saecircuits.report.collect import collect, load_results
 
 __all__ = ["collect", "load_results", "log_report", "regenerate", "report_run", "write_report"]
@@ -25,7 +25,7 @@ __all__ = ["collect", "load_results", "log_report", "regenerate", "report_run", 
 def _plain(results: dict) -> dict:
     """The results exactly as results.json holds them (strict JSON), so a first write and a regeneration
     from the file draw the same figures."""
-    from saecircuits.files import plain_json
+    from saecircuits.core.files import plain_json
 
     return json.loads(json.dumps(plain_json(results), allow_nan=False))
 
@@ -33,7 +33,7 @@ def _plain(results: dict) -> dict:
 def write_report(results: dict, out_dir: str | Path, run=None) -> dict:
     """Write the report of ``results`` into ``out_dir``; returns {what: path(s)}.
 
-    ``run``: a ``saecircuits.tracking.Run``; the figures (``run.image``) and tables (``run.table``) are logged to it."""
+    ``run``: a ``saecircuits.core.tracking.Run``; the figures (``run.image``) and tables (``run.table``) are logged to it."""
     from saecircuits.report import figures, render, tables
 
     out = ensure_dir(out_dir)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from saecircuits.errors import SaecircuitsError
-from saecircuits.files import load_tensors, read_json
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import load_tensors, read_json
 
 SCHEMA = "saecircuits.report/1"
 PACKAGES = ("saecircuits", "torch", "transformer-lens", "sae-lens", "transformers", "numpy", "matplotlib",
@@ -122,7 +122,7 @@ def _meta(ctx: _Context) -> dict:
         model = (stages.get("train", {}).get("settings") or {}).get("model") or (stages.get("circuit", {}).get("settings") or {}).get("model")
     hub = None
     if model:
-        from saecircuits.models import offline_model
+        from saecircuits.model.loading import offline_model
 
         spec = offline_model(model)
         hub = spec.hf_name if spec else model
@@ -262,7 +262,7 @@ def _matching(ctx: _Context, top: int) -> dict:
 
 
 def _safe(name: str) -> str:
-    from saecircuits.match_outputs import _safe as safe
+    from saecircuits.matching.outputs import _safe as safe
 
     return safe(name)
 
@@ -408,13 +408,13 @@ def _attention(ctx: _Context, results: dict, model, enabled: bool, n: int) -> di
         return {"missing": "attention patterns were not computed (--no-attention)"}
     heads = key_heads(circuit, n)
     if model is None:
-        from saecircuits import models
+        from saecircuits.model import loading as models
 
         try:
             model = models.load(circuit["model"])
         except SaecircuitsError as e:
             return {"missing": f"the model {circuit['model']} could not be loaded for attention patterns: {e}"}
-    from saecircuits import tasks
+    from saecircuits.circuits import tasks
 
     cfg = circuit.get("config", {})
     task = tasks.build(circuit["task"], model, n=cfg.get("prompts", 16), seed=cfg.get("seed", 0),
@@ -463,8 +463,8 @@ def _head_pages(ctx: _Context, results: dict) -> dict:
 # --- layers ---------------------------------------------------------------------------------------
 
 def _layers(ctx: _Context) -> dict:
-    from saecircuits.files import plain_json
-    from saecircuits.layers.figures import FIGURES
+    from saecircuits.core.files import plain_json
+    from saecircuits.layerwise.figures import FIGURES
 
     out = {}
     for f in sorted((ctx.run / "layers").glob("*.json")):

@@ -1,7 +1,7 @@
 """The report's figures (matplotlib, Agg), each a function of the results dict alone, written as PNG + PDF.
 
 Each ``FIGURES`` entry returns a matplotlib figure, or None when its section has no data. The layer
-analyses are drawn by ``saecircuits.layers.figures`` from their own JSON (carried in the results).
+analyses are drawn by ``saecircuits.layerwise.figures`` from their own JSON (carried in the results).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from saecircuits.files import ensure_dir, save_figure  # noqa: E402
+from saecircuits.core.files import ensure_dir, save_figure  # noqa: E402
 
 KIND_COLORS = {"Q": "#1f77b4", "K": "#ff7f0e", "V": "#2ca02c"}
 EAP_COLOR = "#7b3294"
@@ -221,7 +221,7 @@ def _visible(token: str) -> str:
 
 def similarity_heatmap(results: dict):
     """Layer x layer similarity of the SAEs' features (one panel per measure)."""
-    from saecircuits.match_outputs import draw_heatmap
+    from saecircuits.matching.outputs import draw_heatmap
 
     m = results.get("matching")
     if not _ok(m) or not m.get("similarity"):
@@ -300,8 +300,8 @@ FIGURES = {
 
 
 def layer_figures(results: dict) -> dict:
-    """The layer analyses' own figures, drawn by ``saecircuits.layers.figures`` from their JSON."""
-    from saecircuits.layers import figures as layer_figs
+    """The layer analyses' own figures, drawn by ``saecircuits.layerwise.figures`` from their JSON."""
+    from saecircuits.layerwise import figures as layer_figs
 
     layers = results.get("layers")
     if not _ok(layers):

@@ -12,7 +12,7 @@ import html
 import json
 from pathlib import Path
 
-from saecircuits.files import ensure_dir, write_text
+from saecircuits.core.files import ensure_dir, write_text
 from saecircuits.report.tables import Table, ci, href, md_escape, num, to_html, to_markdown
 
 CSS = """

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from saecircuits.files import ensure_dir, write_text
+from saecircuits.core.files import ensure_dir, write_text
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from saecircuits.config import Config
+from saecircuits.core.config import Config
 from saecircuits.sae.sparse import SparseCode, sparse_decode
 
 Architecture = Literal["standard", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk"]

@@ -5,9 +5,11 @@ running average of the smallest selected activation, and is saved as SAELens's `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
+from saecircuits.core import distributed
 from saecircuits.sae.sparse import SparseCode, select_batch_topk
 from saecircuits.sae.topk import TopKSAE
 
@@ -24,8 +26,6 @@ class BatchTopKSAE(TopKSAE):
 
     def select(self):
         if self.across_processes:
-            from saecircuits.distributed import select_global_batch_topk
-
             return select_global_batch_topk(self.cfg.k)
         return select_batch_topk(self.cfg.k)
 
@@ -46,7 +46,7 @@ class BatchTopKSAE(TopKSAE):
         vals = code.vals if isinstance(code, SparseCode) else code[code > 0]
         vals = vals[vals > 0]
         if self.across_processes:  # the smallest selected activation of the global batch
-            from saecircuits.distributed import min_across
+            from saecircuits.core.distributed import min_across
 
             smallest = min_across(float(vals.min()) if len(vals) else math.inf)
             if math.isfinite(smallest):
@@ -63,3 +63,33 @@ class BatchTopKSAE(TopKSAE):
 
     def saelens_cfg_fields(self) -> dict:
         return {}
+
+
+def select_global_batch_topk(k: int) -> Callable:
+    """BatchTopK over the global batch: the k·(rows of all processes) largest pre-activations, positive ones kept.
+
+    Exact, as one process selecting over the concatenated batch: each process sends its own largest
+    k·N_global values (no process can hold more of the global top set); the threshold t is the
+    k·N_global-th largest of those; each process keeps its entries above t, and entries equal to t
+    (duplicate rows make exact ties) fill the remaining count in rank order, then index order.
+    Every process must have the same number of rows.
+    """
+
+    def select(pre: torch.Tensor) -> SparseCode:
+        b, d = pre.shape
+        flat_pre = pre.reshape(-1)
+        want = k * b * distributed.world()
+        local = flat_pre.topk(min(want, flat_pre.numel()), sorted=False).values
+        everything = distributed.all_gather_cat(local)
+        t = everything.topk(min(want, everything.numel()), sorted=False).values.min()
+        above, tied = flat_pre > t, flat_pre == t
+        counts = distributed.all_gather_cat(torch.stack([above.sum(), tied.sum()])[None]).tolist()  # [world, 2]
+        need = want - sum(c[0] for c in counts) - sum(c[1] for c in counts[: distributed.rank()])
+        tied_here = tied.nonzero().squeeze(1)[: max(0, need)]
+        keep = above.index_fill_(0, tied_here, True) & (flat_pre > 0)
+        flat = keep.nonzero().squeeze(1)  # sorted: rows in order
+        rows = flat // d
+        offsets = torch.searchsorted(rows, torch.arange(b, device=pre.device))
+        return SparseCode(flat % d, flat_pre[flat], offsets, batch=b)
+
+    return select

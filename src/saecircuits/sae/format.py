@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from saecircuits.errors import SaecircuitsError
-from saecircuits.files import ensure_dir, load_tensors, read_json, replace_dir, save_tensors, write_json
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import ensure_dir, load_tensors, read_json, replace_dir, save_tensors, write_json
 from saecircuits.sae import ARCHITECTURES, SAEConfig, SparseAutoencoder
-from saecircuits.store import Site
+from saecircuits.activations.store import Site
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from saecircuits.errors import SaecircuitsError
+from saecircuits.core.errors import SaecircuitsError
 from saecircuits.sae.batchtopk import BatchTopKSAE
 
 

@@ -1,0 +1,1 @@
+"""Circuits: tasks, activation patching, ablation, discovery and validation."""

@@ -1,0 +1,1 @@
+"""Circuit discovery methods, one module a method: each scores heads or edges."""

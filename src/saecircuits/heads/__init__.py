@@ -1,0 +1,1 @@
+"""Head-level weight graphs: how attention heads compose through their weights."""

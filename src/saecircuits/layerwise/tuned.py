@@ -1,0 +1,183 @@
+"""The tuned lens (Belrose et al. 2023): one learned affine translator per depth before the unembedding.
+
+Stream index ``s`` (see ``stream``) is decoded as ``unembed(ln_final(h + h @ W[s] + b[s]))``; the
+translators start at the identity (W = 0, b = 0), so an untrained tuned lens is the logit lens.
+They are fit on the activation store's shuffled token stream to minimise KL(final logits || lens
+logits), every depth at once, with the model frozen. The last depth (the model's own output) has
+no translator. Saved as ``tuned_lens.safetensors`` (``weight`` [n_layers, d, d], ``bias``
+[n_layers, d]) plus ``tuned_lens.json`` (the model it belongs to and the fit's held-out KL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from rich.console import Console
+from transformer_lens import HookedTransformer
+from transformer_lens.utils import apply_softcap
+
+from saecircuits.core.config import Config
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import ensure_dir, load_tensors, read_json, save_tensors, write_json
+from saecircuits.layerwise.stream import stream_hooks, stream_labels
+from saecircuits.model.loading import fingerprint
+from saecircuits.activations.store import ActivationStore, StoreConfig
+from saecircuits.text.source import TextConfig, TextSource
+
+console = Console(stderr=True)
+WEIGHTS, META = "tuned_lens.safetensors", "tuned_lens.json"
+
+
+class TunedLensConfig(Config):
+    """How a tuned lens is trained."""
+
+    text: TextConfig = TextConfig(source="stdlib", context_size=128)
+    tokens: int = Field(65_536, ge=1, description="training tokens (rows of the store)")
+    batch_size_tokens: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_tokens: int = Field(4096, ge=0, description="held-out tokens for the KL report (0: none)")
+    seed: int = 0
+
+
+class TunedLens(torch.nn.Module):
+    """Affine translators for stream indices 0..n_layers-1 (the last one is the model's output)."""
+
+    def __init__(self, n_layers: int, d_model: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(n_layers, d_model, d_model))
+        self.bias = torch.nn.Parameter(torch.zeros(n_layers, d_model))
+
+    def translate(self, s: int, h: torch.Tensor) -> torch.Tensor:
+        """The translated residual of stream index ``s`` ([..., d_model])."""
+        if s >= self.weight.shape[0]:
+            return h
+        return h + h @ self.weight[s] + self.bias[s]
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        """[n_layers + 1, ..., d_model] residuals at every depth -> translated, same shape."""
+        return torch.stack([self.translate(s, stack[s]) for s in range(stack.shape[0])])
+
+
+def decode(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
+    """Logits of residual vectors [..., d_model] read through the final norm and unembedding (and soft-cap)."""
+    shape = resid.shape
+    x = resid.reshape(-1, 1, shape[-1])  # the norm modules expect [batch, pos, d_model]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)
+    return logits.reshape(*shape[:-1], logits.shape[-1])
+
+
+@contextlib.contextmanager
+def _frozen(model: HookedTransformer):
+    """No gradients into the model's own weights while a lens trains; restored afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _kl(target_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(target || softmax(logits)), in nats."""
+    return F.kl_div(F.log_softmax(logits, -1), target_logp, log_target=True, reduction="batchmean")
+
+
+def _store(model: HookedTransformer, text: TextConfig, batch: int, seed: int, split: str) -> ActivationStore:
+    cfg = StoreConfig(batch_size_tokens=batch, buffer_tokens=max(batch * 8, 8192), normalize="none", seed=seed)
+    return ActivationStore.from_model(model, stream_hooks(model), TextSource.for_model(text, model), cfg,
+                                      split=split, repeat=split == "train")  # type: ignore[arg-type]
+
+
+def train(model: HookedTransformer, cfg: TunedLensConfig) -> tuple[TunedLens, dict]:
+    """Fit a tuned lens on ``cfg.tokens`` rows; returns it and a summary (held-out KL per depth)."""
+    hooks = stream_hooks(model)
+    n, d = model.cfg.n_layers, model.cfg.d_model
+    torch.manual_seed(cfg.seed)
+    lens = TunedLens(n, d)
+    opt = torch.optim.Adam(lens.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_steps = max(1, math.ceil(cfg.tokens / cfg.batch_size_tokens))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, n_steps // 10)) * (1 - i / n_steps))
+    store = _store(model, cfg.text, cfg.batch_size_tokens, cfg.seed, "train")
+    start, losses = time.perf_counter(), []
+    with _frozen(model):
+        for step, batch in enumerate(store.batches(max_tokens=cfg.tokens)):
+            with torch.no_grad():
+                target = F.log_softmax(decode(model, batch[hooks[-1]]), -1)
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for s in range(n):  # one backward per depth: only one [batch, vocab] graph alive at a time
+                loss = _kl(target, decode(model, lens.translate(s, batch[hooks[s]])))
+                loss.backward()
+                total += loss.item()
+            opt.step()
+            sched.step()
+            losses.append(total / n)
+            if step % 20 == 0 or step == n_steps - 1:
+                console.print(f"tuned lens step {step + 1}/{n_steps}: mean KL over depths {losses[-1]:.4f}")
+    summary = {
+        "analysis": "tuned_lens_training", "model": model.cfg.model_name, "fingerprint": fingerprint(model), "n_layers": n, "d_model": d,
+        "config": cfg.model_dump(mode="json"), "steps": len(losses), "train_kl_first": losses[0], "train_kl_last": losses[-1],
+        "seconds": time.perf_counter() - start,
+    }
+    if cfg.eval_tokens:
+        summary["eval"] = evaluate(model, lens, cfg.text, cfg.eval_tokens, cfg.batch_size_tokens)
+    return lens, summary
+
+
+@torch.no_grad()
+def evaluate(model: HookedTransformer, lens: TunedLens, text: TextConfig, tokens: int, batch: int = 256) -> dict:
+    """Mean KL(final || lens) per depth on held-out text, for the tuned lens and the plain logit lens."""
+    hooks = stream_hooks(model)
+    n = model.cfg.n_layers
+    split = "eval" if text.eval_fraction > 0 else "train"
+    store = _store(model, text, batch, 12345, split)
+    kl_tuned, kl_logit, rows = torch.zeros(n + 1, dtype=torch.float64), torch.zeros(n + 1, dtype=torch.float64), 0
+    for b in store.batches(max_tokens=tokens, drop_last=False):
+        target = F.log_softmax(decode(model, b[hooks[-1]]), -1)
+        m = len(target)
+        for s in range(n + 1):
+            kl_logit[s] += float(_kl(target, decode(model, b[hooks[s]]))) * m
+            kl_tuned[s] += float(_kl(target, decode(model, lens.translate(s, b[hooks[s]])))) * m
+        rows += m
+    if rows == 0:
+        raise SaecircuitsError("no held-out tokens to evaluate the tuned lens on", "use a longer text or set eval_tokens to 0")
+    return {"layers": stream_labels(model), "tokens": rows, "kl_logit_lens": (kl_logit / rows).tolist(),
+            "kl_tuned_lens": (kl_tuned / rows).tolist()}
+
+
+def save(lens: TunedLens, folder: str | Path, summary: dict) -> Path:
+    folder = ensure_dir(folder)
+    save_tensors(folder / WEIGHTS, {"weight": lens.weight.detach(), "bias": lens.bias.detach()},
+                 metadata={"model": summary["model"], "fingerprint": summary["fingerprint"]})
+    write_json(folder / META, summary)
+    return folder
+
+
+def load(folder: str | Path, model: HookedTransformer) -> TunedLens:
+    """A saved tuned lens; a clear error when it was trained for another model."""
+    folder = Path(folder)
+    meta = read_json(folder / META, what="tuned lens description")
+    if meta.get("fingerprint") != fingerprint(model):
+        raise SaecircuitsError(
+            f"tuned lens {folder} was trained on {meta.get('model')} (fingerprint {meta.get('fingerprint')}), "
+            f"not on this {model.cfg.model_name}", "train one for this model with: saecircuits layers tuned-lens")
+    t = load_tensors(folder / WEIGHTS, what="tuned lens weights")
+    n, d = model.cfg.n_layers, model.cfg.d_model
+    if tuple(t.get("weight", torch.empty(0)).shape) != (n, d, d) or tuple(t.get("bias", torch.empty(0)).shape) != (n, d):
+        raise SaecircuitsError(f"{folder / WEIGHTS} does not hold weight [{n}, {d}, {d}] and bias [{n}, {d}]")
+    lens = TunedLens(n, d)
+    with torch.no_grad():
+        lens.weight.copy_(t["weight"])
+        lens.bias.copy_(t["bias"])
+    return lens

@@ -1,0 +1,1 @@
+"""Matching SAE features across layers and models: activation correlation, weights, similarity, outputs."""

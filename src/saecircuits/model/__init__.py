@@ -1,0 +1,1 @@
+"""The language model: loading (offline packages, cache, hub), TransformerLens hook names, the lean forward, unembedding."""

@@ -1,0 +1,1 @@
+"""Text sources: corpora streamed as token contexts, and character alignment of two tokenizers."""

@@ -1,0 +1,1 @@
+"""Training SAEs and transcoders from one activation stream: configs, the trainer, evaluation."""
