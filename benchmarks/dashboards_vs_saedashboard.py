@@ -189,7 +189,8 @@ def prepare_sae(arg: str | None, train_tokens: int) -> tuple[Path, str]:
         if c.get("d_sae") == 4608 and (c.get("metadata") or {}).get("hook_name") == HOOK:
             return cfg.parent, f"the benchmark SAE {cfg.parent.relative_to(ROOT)}"
     from saecircuits.core.config import read_yaml, validate
-    from saecircuits.training.trainer import TrainConfig, train
+    from saecircuits.training.config import TrainConfig
+    from saecircuits.training.run import train
 
     data = read_yaml(ROOT / "configs" / "smollm2_layer6_topk.yaml")
     data.update(out=str(BENCH_RUN), total_tokens=train_tokens, wandb={"mode": "off"})

@@ -50,7 +50,8 @@ def side_saecircuits(args: dict) -> dict:
     import torch
 
     from saecircuits.core.files import save_tensors
-    from saecircuits.heads.graph import HeadCircuits, HeadGraphConfig, composition_scores, weight_graph
+    from saecircuits.heads.config import HeadGraphConfig
+    from saecircuits.heads.graph import HeadCircuits, composition_scores, weight_graph
 
     model = _model(args["model"])
     cfg = HeadGraphConfig()

@@ -188,7 +188,8 @@ def case_dashboards(work: Path, sae: Path, tokens: int, kills: int, rng: random.
 def side_stream(args: dict) -> dict:
     """A streaming training run (no cache, no checkpoints) in this process; the harness adds VmHWM."""
     from saecircuits.core.config import validate
-    from saecircuits.training.trainer import TrainConfig, train
+    from saecircuits.training.config import TrainConfig
+    from saecircuits.training.run import train
 
     cfg = validate(TrainConfig, train_config(Path(args["out"]), args["tokens"], None))
     t = time.perf_counter()

@@ -50,7 +50,9 @@ def _evaluate(model, sae_dirs: dict[str, str], eval_tokens: str) -> dict:
 
 def side_ours(args: dict) -> dict:
     from saecircuits.core.config import validate
-    from saecircuits.training.trainer import Trainer, TrainConfig, make_store
+    from saecircuits.training.config import TrainConfig
+    from saecircuits.training.run import make_store
+    from saecircuits.training.trainer import Trainer
 
     model = _model()
     out = Path(tempfile.mkdtemp(prefix="bench-ours-"))

@@ -42,15 +42,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saecircuits.matching import features as matching
+from saecircuits import matching
 from saecircuits.model import loading as models
 from saecircuits.core.config import validate
-from saecircuits.core.files import ensure_dir, read_json, write_text
-from saecircuits.matching.outputs import read_match, write_json, write_match, write_weight_match
+from saecircuits.core.files import ensure_dir, read_json, write_json, write_text
+from saecircuits.matching.outputs import read_match, write_match, write_weight_match
 from saecircuits.sae import build
 from saecircuits.sae import format as sae_format
 from saecircuits.matching.similarity import depth_alignment, similarity_matrix
-from saecircuits.training.trainer import TrainConfig, train
+from saecircuits.training.config import TrainConfig
+from saecircuits.training.run import train
 
 SMOL_LAYERS = {"L5": 5, "L11": 11, "L12": 12, "L17": 17, "L23": 23}
 SMOL_SEED_TWIN = "L11s1"  # layer 11 again, another initialisation seed (same data order)

@@ -23,13 +23,15 @@ from pathlib import Path
 
 import torch
 
-from saecircuits.model import loading as models
 from saecircuits.circuits import tasks
 from saecircuits.circuits.ablation import ablation_values
-from saecircuits.circuits.study import CircuitConfig, find_and_validate, head_overlap, summary_lines, write_results
+from saecircuits.circuits.config import CircuitConfig
+from saecircuits.circuits.patching import HeadPatcher
+from saecircuits.circuits.study import find_and_validate, head_overlap, summary_lines, weights_vs_edges, write_results
 from saecircuits.core.config import validate
 from saecircuits.core.files import write_json, write_text
-from saecircuits.circuits.patching import HeadPatcher
+from saecircuits.heads.graph import weight_graph
+from saecircuits.model import loading as models
 
 
 def naive_sweep_seconds(model, task, values, heads: list[tuple[int, int]]) -> float:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     results = find_and_validate(model, task, cfg, progress=say)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     sweep = {"heads": L * H, "prompts": len(task), "prompt_tokens": task.clean.shape[1], "dtype": args.dtype,
-             "batched_seconds": results["seconds"]["ablation_sweep"], "torch_threads": torch.get_num_threads()}
+             "batched_seconds": results.seconds["ablation_sweep"], "torch_threads": torch.get_num_threads()}
     sweep["batched_seconds_per_head"] = sweep["batched_seconds"] / (L * H)
     if args.naive_heads:
         say(f"timing the naive loop on {args.naive_heads} heads")
@@ -92,27 +94,24 @@ def main(argv: list[str] | None = None) -> int:
         per_head = naive_sweep_seconds(model, task, ablation_values(patcher, args.ablation, args.seed), heads)
         sweep.update(naive_heads_timed=[f"{a}.{b}" for a, b in heads], naive_seconds_per_head=per_head,
                      batched_speedup=per_head / sweep["batched_seconds_per_head"])
-    results["ablation_sweep_timing"] = sweep
+    results.extras["ablation_sweep_timing"] = sweep
 
-    if results.get("edge_scores") is not None:
+    if results.edge_scores is not None:
         say("weight graph (heads.weight_graph) against edge attribution")
-        from saecircuits.circuits.study import weights_vs_edges
-        from saecircuits.heads.graph import weight_graph
-
         t = time.perf_counter()
         _, weight_scores = weight_graph(model)
-        results["weights_vs_edges"] = {"weight_graph_seconds": time.perf_counter() - t,
-                                       **weights_vs_edges(weight_scores, results["edge_scores"], H)}
+        results.extras["weights_vs_edges"] = {"weight_graph_seconds": time.perf_counter() - t,
+                                              **weights_vs_edges(weight_scores, results.edge_scores, H)}
 
     if args.overlap:
         say(f"finding the {args.overlap} circuit for the overlap")
         # the same number of heads as the IOI circuit, so the overlap compares sets of one size
         other_cfg = validate(CircuitConfig, {**base, "task": args.overlap, "edges": False, "sae_codes": None,
-                                             "size": results["circuit"]["size"]}, where="--overlap")
+                                             "size": results.circuit.size}, where="--overlap")
         other = find_and_validate(model, None, other_cfg, progress=say)
-        results["overlap"] = {"task": other["task"], "evaluation": other["evaluation"], "circuit": other["circuit"],
-                              "faithfulness": other["validation"]["faithfulness"],
-                              **head_overlap(results["circuit"]["heads"], other["circuit"]["heads"], L * H)}
+        results.extras["overlap"] = {"task": other.task, "evaluation": other.evaluation, "circuit": other.circuit.to_json(),
+                                     "faithfulness": other.validation["faithfulness"],
+                                     **head_overlap(results.circuit.heads, other.circuit.heads, L * H)}
         write_results(other, out / args.overlap)
 
     paths = write_results(results, out)
@@ -123,20 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     if "naive_seconds_per_head" in sweep:
         lines.append(f"naive loop: {sweep['naive_seconds_per_head']:.2f} s per head vs {sweep['batched_seconds_per_head']:.2f} "
                      f"s batched ({sweep['batched_speedup']:.1f}x), timed on {len(sweep['naive_heads_timed'])} heads")
-    if "weights_vs_edges" in results:
-        w = results["weights_vs_edges"]
+    if "weights_vs_edges" in results.extras:
+        w = results.extras["weights_vs_edges"]
         lines.append(f"weight graph ({w['weight_graph_seconds']:.1f} s) vs edge attribution, Spearman over head pairs: "
                      + ", ".join(f"{k} {w[k]['spearman']:.3f} (top-{w[k]['top']} overlap {w[k]['top_overlap']})"
                                  for k in "QKV" if k in w))
-    if "overlap" in results:
-        o = results["overlap"]
+    if "overlap" in results.extras:
+        o = results.extras["overlap"]
         lines.append(f"overlap with {o['task']} (circuit of {o['circuit']['size']}, can_do={o['evaluation']['can_do']}): "
                      f"{o['n_shared']} shared heads {o['shared']}, overlap coefficient {o['overlap_coefficient']:.2f}, "
                      f"Jaccard {o['jaccard']:.2f}, hypergeometric p {o['p_value']:.3g}")
     write_json(out / "sweep_timing.json", sweep)
     write_text(out / "report.md", f"# IOI circuit, {args.model}\n\n" + "\n".join(f"- {x}" for x in lines) + "\n")
-    if "overlap" in results:
-        write_json(out / "overlap.json", results["overlap"])
+    if "overlap" in results.extras:
+        write_json(out / "overlap.json", results.extras["overlap"])
     print("\n".join(lines))
     print(f"written: {out} ({', '.join(p.name for p in paths.values())}, report.md, sweep_timing.json)")
     return 0

@@ -22,7 +22,7 @@ import torch
 
 from saecircuits.core.files import ensure_dir, write_json, write_text
 from saecircuits.layerwise import contributions, figures, lens, linearity, probes, skipping, tuned
-from saecircuits.layerwise.stream import StreamConfig
+from saecircuits.layerwise.config import StreamConfig
 from saecircuits.model.loading import load
 from saecircuits.text.source import TextConfig
 

@@ -87,7 +87,8 @@ def make_fixtures(root: Path, tokenizer) -> Fixtures:
     from saecircuits.model.loading import load
     from saecircuits.activations.store import StoreConfig
     from saecircuits.text.source import TextConfig, TextSource
-    from saecircuits.training.trainer import TrainConfig, train
+    from saecircuits.training.config import TrainConfig
+    from saecircuits.training.run import train
 
     root.mkdir(parents=True, exist_ok=True)
     model = tiny_llama(root / "llama", tokenizer)

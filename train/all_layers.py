@@ -9,7 +9,8 @@ import argparse
 
 from saecircuits.model import loading as models
 from saecircuits.core.config import validate
-from saecircuits.training.trainer import TrainConfig, train
+from saecircuits.training.config import TrainConfig
+from saecircuits.training.run import train
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ import torch
 
 from conftest import make_tiny_model
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.activations.store import ActivationStore, ModelActivations, Rows, Site, StoreConfig, expand_sites
+from saecircuits.activations.site import Site, expand_sites
+from saecircuits.activations.store import ActivationStore, ModelActivations, Rows, StoreConfig
 from saecircuits.text.source import TextConfig, TextSource
 
 SITES = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.attn.hook_z:*",

@@ -34,7 +34,7 @@ from saecircuits.app.cli import app
 from saecircuits.core.config import read_yaml, validate
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import load_tensors, read_json, tensors_metadata
-from saecircuits.training.trainer import SWEEPABLE, TrainConfig
+from saecircuits.training.config import SWEEPABLE, TrainConfig
 
 
 @pytest.fixture(scope="module")

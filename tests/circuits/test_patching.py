@@ -6,15 +6,15 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from saecircuits.circuits import ablation
-from saecircuits.circuits import patching
-from saecircuits.circuits import tasks
+from saecircuits.circuits import ablation, patching, prompts
+from saecircuits.circuits.discovery.edge_attribution import edge_attribution
+from saecircuits.circuits.discovery.edge_patching import patch_edges
 
 BYTES = range(3, 259)
 
 
 def _task(model, n=10):
-    return tasks.induction(model, n=n, half=6, vocab=BYTES, seed=0)
+    return prompts.induction(model, n=n, half=6, vocab=BYTES, seed=0)
 
 
 def _naive_sweep(model, task, values):
@@ -89,7 +89,7 @@ def test_gqa_gives_per_query_head_results():
     assert effect.shape == (3, 4)
     # heads 0 and 1 share a key/value head but have their own queries: different effects
     assert not torch.allclose(effect[:, 0], effect[:, 1])
-    edges = patching.edge_attribution(model, task)
+    edges = edge_attribution(model, task)
     assert edges.receivers.count("2.0:k") == 1 and edges.receivers.count("2.1:k") == 1
     assert edges.scores.shape == (1 + 3 * 4 + 3, 3 * 4 * 3 + 3 + 1)
     assert edges.edge("0.0", "2.0:k") != pytest.approx(edges.edge("0.0", "2.1:k"))
@@ -139,7 +139,7 @@ def test_edge_patching_equals_a_direct_computation(n_kv):
     model = make_tiny_model(n_layers=3, n_kv=n_kv, seed=2)
     task = _task(model, n=6)
     edges = [("0.1", "2.3:q"), ("0.1", "2.2:k"), ("1.0", "2.3:v"), ("0.2", "1.1:k"), ("1.3", "2.0:k")]
-    got = patching.patch_edges(model, task, edges, batch_size=4, max_rows=9)
+    got = patch_edges(model, task, edges, batch_size=4, max_rows=9)
     reference_model = _dense_twin(model) if n_kv else model
     with torch.no_grad():
         assert torch.allclose(reference_model(task.clean), model(task.clean), atol=1e-5)
@@ -153,7 +153,7 @@ def test_edge_into_the_logits_of_a_one_layer_model_is_head_patching():
     task = _task(model)
     patcher = patching.HeadPatcher(model, task)
     per_head = patcher.sweep(ablation.ablation_values(patcher, "patch"))[0] - patcher.clean_metric
-    got = patching.patch_edges(model, task, [(f"0.{h}", "logits") for h in range(4)])
+    got = patch_edges(model, task, [(f"0.{h}", "logits") for h in range(4)])
     assert torch.allclose(got, per_head, atol=1e-5)
 
 
@@ -161,18 +161,18 @@ def test_eap_is_exact_where_the_metric_is_linear_and_close_elsewhere():
     # no final norm and a logit-difference metric: edges into the logits are linear, EAP is exact
     linear = make_tiny_model(n_layers=2, normalization_type=None, seed=1)
     task = _task(linear)
-    eap = patching.edge_attribution(linear, task, batch_size=4)
+    eap = edge_attribution(linear, task, batch_size=4)
     into_logits = [(s, "logits") for s in eap.senders]
-    exact = patching.patch_edges(linear, task, into_logits).mean(1)
+    exact = patch_edges(linear, task, into_logits).mean(1)
     assert torch.allclose(torch.tensor([eap.edge(s, r) for s, r in into_logits]), exact, atol=1e-4)
     assert torch.isnan(eap.scores[eap.senders.index("1.0"), eap.receivers.index("0.2:q")])  # no backward edges
     # elsewhere (layer norms, attention softmax) it is a first-order estimate: check it ranks edges
     model = make_tiny_model(n_layers=3, seed=3)
     task = _task(model, n=16)
     for ig in (0, 4):
-        eap = patching.edge_attribution(model, task, ig_steps=ig)
+        eap = edge_attribution(model, task, ig_steps=ig)
         top = eap.top(20)
-        exact = patching.patch_edges(model, task, [(s, r) for s, r, _ in top]).mean(1)
+        exact = patch_edges(model, task, [(s, r) for s, r, _ in top]).mean(1)
         approx = torch.tensor([v for *_, v in top])
         assert torch.corrcoef(torch.stack([approx, exact]))[0, 1] > 0.6
         assert eap.method == ("eap-ig" if ig else "eap")
@@ -183,6 +183,6 @@ def test_bad_edges_are_refused(tiny_model):
 
     task = _task(tiny_model, n=2)
     with pytest.raises(SaecircuitsError, match="not an edge"):
-        patching.patch_edges(tiny_model, task, [("2.0", "1.0:q")])
+        patch_edges(tiny_model, task, [("2.0", "1.0:q")])
     with pytest.raises(SaecircuitsError, match="unknown edge"):
-        patching.patch_edges(tiny_model, task, [("0.0", "9.9:q")])
+        patch_edges(tiny_model, task, [("0.0", "9.9:q")])

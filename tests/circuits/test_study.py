@@ -10,11 +10,14 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from saecircuits.circuits import ablation
+from saecircuits.circuits import ablation, patching, prompts, tasks, validation
 from saecircuits.circuits import study as circuit
-from saecircuits.circuits import patching
-from saecircuits.circuits.discovery import sae_codes
-from saecircuits.circuits import tasks
+from saecircuits.circuits.config import CircuitConfig, SAECodeConfig
+from saecircuits.circuits.discovery import head_patching, sae_codes
+from saecircuits.circuits.discovery.edge_attribution import edge_attribution
+from saecircuits.circuits.discovery.edge_patching import patch_edges
+from saecircuits.circuits.results import CircuitResult
+from saecircuits.core.files import plain_json
 
 BYTES = range(3, 259)
 
@@ -49,7 +52,7 @@ def _circuit_alone(model, tokens, keep, values):
 @pytest.mark.parametrize("kind", ["mean", "zero", "resample"])
 def test_ablating_everything_outside_a_circuit_equals_running_the_circuit_alone(kind):
     model = make_tiny_model(n_layers=3, attn_only=True, seed=4)
-    task = tasks.induction(model, n=12, half=6, vocab=BYTES)
+    task = prompts.induction(model, n=12, half=6, vocab=BYTES)
     patcher = patching.HeadPatcher(model, task, batch_size=5, max_rows=11)
     values = ablation.ablation_values(patcher, kind, seed=2)
     keep = torch.tensor([[True, False, False, True], [False, True, False, False], [False, False, True, True]])
@@ -64,18 +67,18 @@ def test_ablating_everything_outside_a_circuit_equals_running_the_circuit_alone(
 
 def test_validation_of_the_whole_model_and_of_nothing():
     model = make_tiny_model(n_layers=2, seed=5)
-    task = tasks.induction(model, n=10, half=6, vocab=BYTES)
+    task = prompts.induction(model, n=10, half=6, vocab=BYTES)
     patcher = patching.HeadPatcher(model, task)
     values = ablation.ablation_values(patcher, "mean")
     everything = torch.ones(2, 4, dtype=torch.bool)
-    r = ablation.validate_circuit(patcher, everything, values, n_random=3, n_boot=50)
+    r = validation.validate_circuit(patcher, everything, values, n_random=3, n_boot=50)
     assert r["faithfulness"]["value"] == pytest.approx(1.0) and r["knockout"]["value"] == pytest.approx(0.0, abs=1e-6)
     lo, hi = r["faithfulness"]["ci"]
     assert lo == pytest.approx(1.0, abs=1e-4) and hi == pytest.approx(1.0, abs=1e-4)  # 1 on every resample
     assert r["random"]["faithfulness_mean"] == pytest.approx(1.0)  # a random circuit of every head is the model
     half = torch.zeros(2, 4, dtype=torch.bool)
     half[0] = True
-    r = ablation.validate_circuit(patcher, half, values, n_random=4, n_boot=200)
+    r = validation.validate_circuit(patcher, half, values, n_random=4, n_boot=200)
     m = r["metric"]
     want = (m["circuit"]["mean"] - m["all_ablated"]["mean"]) / (m["full"]["mean"] - m["all_ablated"]["mean"])
     assert r["faithfulness"]["value"] == pytest.approx(want, rel=1e-5)
@@ -84,15 +87,15 @@ def test_validation_of_the_whole_model_and_of_nothing():
 
 
 def test_random_circuits_have_the_size_asked():
-    masks = ablation.random_circuits(5, 4, size=6, count=30, seed=1)
+    masks = validation.random_circuits(5, 4, size=6, count=30, seed=1)
     assert masks.shape == (30, 5, 4) and (masks.flatten(1).sum(1) == 6).all()
     assert len({tuple(m.flatten().tolist()) for m in masks}) > 20
 
 
 def test_select_heads_and_overlap():
     scores = torch.tensor([[0.1, -0.9, 0.0], [0.3, 0.05, -0.4]])
-    assert circuit.circuit_heads(circuit.select_heads(scores, size=2)) == ["0.1", "1.2"]
-    assert circuit.circuit_heads(circuit.select_heads(scores, threshold=0.25)) == ["0.1", "1.0", "1.2"]
+    assert head_patching.circuit_heads(head_patching.select_heads(scores, size=2)) == ["0.1", "1.2"]
+    assert head_patching.circuit_heads(head_patching.select_heads(scores, threshold=0.25)) == ["0.1", "1.0", "1.2"]
     o = circuit.head_overlap(["0.1", "1.2", "3.4"], ["1.2", "3.4", "5.5", "6.6"], n_heads_total=100)
     assert o["shared"] == ["1.2", "3.4"] and o["jaccard"] == pytest.approx(2 / 5)
     assert o["overlap_coefficient"] == pytest.approx(2 / 3)
@@ -109,7 +112,7 @@ def test_sae_codes_score_a_head_that_separates_positives_highest():
     informative[:n, 0] += 6.0  # positives sit in their own cluster
     x = torch.stack([informative, noise[1], noise[2]])
     labels = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
-    codes = sae_codes.train_codes(x, sae_codes.SAECodeConfig(d_sae=8, k=1, steps=200))
+    codes = sae_codes.train_codes(x, SAECodeConfig(d_sae=8, k=1, steps=200))
     share = sae_codes.unique_code_share(codes, labels)
     assert share[0] > 0.8 and share[0] > share[1:].max() + 0.3
     cmp = sae_codes.compare_scores(torch.tensor([3.0, 2.0, 1.0, 0.0]), torch.tensor([30.0, 20.0, 10.0, 5.0]), top=2)
@@ -118,26 +121,31 @@ def test_sae_codes_score_a_head_that_separates_positives_highest():
 
 def test_find_and_validate_writes_the_graph_circuit_and_numbers(tmp_path):
     model = make_tiny_model(n_layers=2, n_kv=2, seed=6)
-    task = tasks.induction(model, n=8, half=5, vocab=BYTES)
-    cfg = circuit.CircuitConfig(size=3, random_circuits=3, bootstrap=50, confirm_edges=5, graph_edges=30,
-                                sae_codes=sae_codes.SAECodeConfig(steps=20))
+    task = prompts.induction(model, n=8, half=5, vocab=BYTES)
+    cfg = CircuitConfig(size=3, random_circuits=3, bootstrap=50, confirm_edges=5, graph_edges=30,
+                        sae_codes=SAECodeConfig(steps=20))
     r = circuit.find_and_validate(model, task, cfg)
-    assert r["circuit"]["size"] == 3 and len(r["circuit"]["heads"]) == 3
-    assert r["evaluation"]["can_do"] is False  # a random model: flagged, and everything still runs
+    assert r.circuit.size == 3 and len(r.circuit.heads) == 3
+    assert r.evaluation["can_do"] is False  # a random model: flagged, and everything still runs
     paths = circuit.write_results(r, tmp_path / "out")
     data = json.loads(paths["results"].read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-    assert data["validation"]["faithfulness"]["value"] == pytest.approx(r["validation"]["faithfulness"]["value"])
+    assert data["validation"]["faithfulness"]["value"] == pytest.approx(r.validation["faithfulness"]["value"])
     assert len(data["heads"]["patching_effect"]) == 2 and len(data["heads"]["patching_effect"][0]) == 4
     g = nx.read_graphml(paths["graphml"])
     assert {f"{L}.{h}" for L in range(2) for h in range(4)} <= set(g.nodes)
-    assert {n for n, a in g.nodes(data=True) if a.get("kind") == "head" and a["in_circuit"]} == set(r["circuit"]["heads"])
+    assert {n for n, a in g.nodes(data=True) if a.get("kind") == "head" and a["in_circuit"]} == set(r.circuit.heads)
     assert g.number_of_edges() > 0
     for s, t, a in g.edges(data=True):
         assert math.isfinite(a["score"]) and a["type"] in ("q", "k", "v", "direct")
     confirmed = data["edges"]["confirmed"]
     assert len(confirmed) == 5 and all(set(c) == {"sender", "receiver", "eap", "exact"} for c in confirmed)
-    assert json.loads(paths["circuit"].read_text())["heads"] == r["circuit"]["heads"]
+    assert json.loads(paths["circuit"].read_text())["heads"] == r.circuit.heads
     assert nx.node_link_graph(json.loads(paths["graph_json"].read_text()), edges="edges").number_of_nodes() == g.number_of_nodes()
+    # the typed result is its JSON: results.json is to_json() as written, and reads back to the same keys in order
+    assert paths["results"].read_text() == json.dumps(plain_json(r.to_json()), indent=2, allow_nan=False) + "\n"
+    back = CircuitResult.from_json(data)
+    assert json.dumps(back.to_json()) == json.dumps(data)
+    assert back.circuit == r.circuit and back.heads == r.heads and back.edges == r.edges and back.sae_codes == r.sae_codes
 
 
 def test_circuit_command_on_a_local_grouped_query_llama(tmp_path, byte_tokenizer):
@@ -169,7 +177,7 @@ def test_circuit_command_on_a_local_grouped_query_llama(tmp_path, byte_tokenizer
     assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "o").exists()  # refused before anything was written
     with pytest.raises(SaecircuitsError, match="field 'ablation'"):
-        validate(circuit.CircuitConfig, {"ablation": "bogus"}, where="circuit")
+        validate(CircuitConfig, {"ablation": "bogus"}, where="circuit")
 
 
 # --- the trained induction model (tests/conftest.py: induction_model) ------------------------------
@@ -177,7 +185,7 @@ def test_circuit_command_on_a_local_grouped_query_llama(tmp_path, byte_tokenizer
 @pytest.fixture(scope="module")
 def induction(induction_model):
     model, facts = induction_model
-    task = tasks.induction(model, n=64, half=10, seed=0)
+    task = prompts.induction(model, n=64, half=10, seed=0)
     inductors = [(1, h) for h, s in enumerate(facts["induction_scores"]) if s > 0.5]
     return model, facts, task, patching.HeadPatcher(model, task), inductors
 
@@ -209,19 +217,19 @@ def test_ablation_confirms_the_previous_token_to_induction_path(induction, kind)
     # ... and ablating them together breaks it
     assert patcher.normalized_effect(patcher.run(~_mask(inductors)[None], values))[0] > 0.5
     # the circuit previous-token head + induction heads is faithful; knocking it out breaks the task
-    v = ablation.validate_circuit(patcher, _mask([prev, *inductors]), values, n_random=20, n_boot=300)
+    v = validation.validate_circuit(patcher, _mask([prev, *inductors]), values, n_random=20, n_boot=300)
     assert v["faithfulness"]["value"] > 0.9 and v["faithfulness"]["ci"][0] > 0.85
     assert abs(v["knockout"]["value"]) < 0.1
     assert v["random"]["faithfulness_mean"] < v["faithfulness"]["value"] - 0.3
     # without the previous-token head the induction heads alone are not
-    alone = ablation.validate_circuit(patcher, _mask(inductors), values, n_random=0, n_boot=100)
+    alone = validation.validate_circuit(patcher, _mask(inductors), values, n_random=0, n_boot=100)
     assert alone["faithfulness"]["value"] < 0.5
 
 
 def test_edges_find_the_k_composition_and_exact_patching_confirms_it(induction):
     model, facts, task, patcher, inductors = induction
     prev = "{}.{}".format(*facts["prev_token_head"])
-    eap = patching.edge_attribution(model, task)
+    eap = edge_attribution(model, task)
     span = float(patcher.corrupted_metric.mean() - patcher.clean_metric.mean())
     for L, h in inductors:
         into_k = {s: abs(eap.edge(s, f"{L}.{h}:k")) for s in eap.senders if s != "logits"}
@@ -237,7 +245,7 @@ def test_edges_find_the_k_composition_and_exact_patching_confirms_it(induction):
     assert agree["K"]["top_pair_weights"].startswith(prev + "->") and agree["K"]["top_pair_edges"].startswith(prev + "->")
     senders = [s for s in eap.senders if s.startswith("0.") or s == "input"]
     L, h = facts["induction_head"]
-    exact = patching.patch_edges(model, task, [(s, f"{L}.{h}:k") for s in senders]).mean(1)
+    exact = patch_edges(model, task, [(s, f"{L}.{h}:k") for s in senders]).mean(1)
     by = dict(zip(senders, exact.tolist()))
     assert by[prev] / span > 0.1  # the edge alone moves the metric a tenth of the way to corrupted
     assert abs(by[prev]) > 10 * max(abs(v) for s, v in by.items() if s != prev)
@@ -245,14 +253,14 @@ def test_edges_find_the_k_composition_and_exact_patching_confirms_it(induction):
 
 def test_find_and_validate_finds_the_induction_circuit(induction, tmp_path):
     model, facts, task, _, inductors = induction
-    cfg = circuit.CircuitConfig(threshold=0.1, random_circuits=10, bootstrap=200, confirm_edges=10,
-                                sae_codes=sae_codes.SAECodeConfig(steps=30))
+    cfg = CircuitConfig(threshold=0.1, random_circuits=10, bootstrap=200, confirm_edges=10,
+                        sae_codes=SAECodeConfig(steps=30))
     r = circuit.find_and_validate(model, task, cfg)
     want = {"{}.{}".format(*facts["prev_token_head"])} | {f"{L}.{h}" for L, h in inductors}
-    assert set(r["circuit"]["heads"]) == want
-    assert r["validation"]["faithfulness"]["value"] > 0.9
-    assert r["edges"]["eap_vs_exact"]["pearson"] > 0.9
-    g = r["graph"]
+    assert set(r.circuit.heads) == want
+    assert r.validation["faithfulness"]["value"] > 0.9
+    assert r.edges.eap_vs_exact["pearson"] > 0.9
+    g = r.graph
     L, h = facts["induction_head"]
     prev = "{}.{}".format(*facts["prev_token_head"])
     assert g.has_edge(prev, f"{L}.{h}") and g.edges[prev, f"{L}.{h}"]["type"] == "k"
@@ -261,13 +269,13 @@ def test_find_and_validate_finds_the_induction_circuit(induction, tmp_path):
 
 def test_faithfulness_by_size_matches_validation():
     model = make_tiny_model(n_layers=2, seed=7)
-    task = tasks.induction(model, n=8, half=5, vocab=BYTES)
+    task = prompts.induction(model, n=8, half=5, vocab=BYTES)
     patcher = patching.HeadPatcher(model, task)
     values = ablation.ablation_values(patcher, "zero")
     scores = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
-    curve = ablation.faithfulness_by_size(patcher, scores, [3, 1, 8, 3], values)
+    curve = validation.faithfulness_by_size(patcher, scores, [3, 1, 8, 3], values)
     assert [d["size"] for d in curve] == [1, 3, 8]
     assert curve[-1]["faithfulness"] == pytest.approx(1.0) and curve[-1]["knockout"] == pytest.approx(0.0, abs=1e-6)
-    v = ablation.validate_circuit(patcher, circuit.select_heads(scores, size=3), values, n_random=0, n_boot=20)
+    v = validation.validate_circuit(patcher, head_patching.select_heads(scores, size=3), values, n_random=0, n_boot=20)
     assert curve[1]["faithfulness"] == pytest.approx(v["faithfulness"]["value"], rel=1e-5)
     assert curve[1]["knockout"] == pytest.approx(v["knockout"]["value"], rel=1e-5, abs=1e-6)

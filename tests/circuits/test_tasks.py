@@ -6,16 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saecircuits.circuits import tasks
+from saecircuits.circuits import prompts, tasks
+from saecircuits.circuits.task import GreaterThanTask, Task
 from saecircuits.core.errors import SaecircuitsError
 
 BYTES = range(3, 259)  # the byte tokenizer's non-special ids
 
 
 def test_induction_prompts_repeat_and_corrupt_only_the_first_copy(tiny_model):
-    with_bos = tasks.induction(tiny_model, n=8, half=6, vocab=BYTES, seed=1)
+    with_bos = prompts.induction(tiny_model, n=8, half=6, vocab=BYTES, seed=1)
     assert (with_bos.clean[:, 0] == tiny_model.tokenizer.bos_token_id).all()
-    t = tasks.induction(tiny_model, n=8, half=6, vocab=BYTES, seed=1, bos=False)
+    t = prompts.induction(tiny_model, n=8, half=6, vocab=BYTES, seed=1, bos=False)
     assert t.clean.shape == t.corrupted.shape == (8, 11)
     assert torch.equal(t.clean, with_bos.clean[:, 1:])
     first, second = t.clean[:, :6], t.clean[:, 6:]
@@ -29,22 +30,22 @@ def test_induction_prompts_repeat_and_corrupt_only_the_first_copy(tiny_model):
 
 
 def test_generation_is_seeded(tiny_model):
-    a = tasks.induction(tiny_model, n=4, half=5, vocab=BYTES, seed=3)
-    b = tasks.induction(tiny_model, n=4, half=5, vocab=BYTES, seed=3)
-    c = tasks.induction(tiny_model, n=4, half=5, vocab=BYTES, seed=4)
+    a = prompts.induction(tiny_model, n=4, half=5, vocab=BYTES, seed=3)
+    b = prompts.induction(tiny_model, n=4, half=5, vocab=BYTES, seed=3)
+    c = prompts.induction(tiny_model, n=4, half=5, vocab=BYTES, seed=4)
     assert torch.equal(a.clean, b.clean) and not torch.equal(a.clean, c.clean)
 
 
 def test_word_tasks_refuse_a_tokenizer_that_splits_the_words(tiny_model):
     # the byte tokenizer writes " Mary" as five tokens: no single-token names exist
     with pytest.raises(SaecircuitsError, match="single tokens"):
-        tasks.ioi(tiny_model, n=4)
+        prompts.ioi(tiny_model, n=4)
     with pytest.raises(SaecircuitsError, match="unknown task"):
         tasks.build("nope", tiny_model)
 
 
 def test_a_task_the_model_cannot_do_is_flagged(tiny_model):
-    t = tasks.induction(tiny_model, n=32, half=6, vocab=BYTES)
+    t = prompts.induction(tiny_model, n=32, half=6, vocab=BYTES)
     r = tasks.evaluate(tiny_model, t)  # a random model has no induction heads
     assert r["can_do"] is False and "cannot do induction" in r["warning"]
     assert abs(r["clean_accuracy"] - 0.5) < 0.3
@@ -52,7 +53,7 @@ def test_a_task_the_model_cannot_do_is_flagged(tiny_model):
 
 def test_logit_diff_and_accuracy_equal_a_direct_computation():
     logits = torch.randn(5, 1, 20)
-    t = tasks.Task("x", torch.zeros(5, 3, dtype=torch.long), torch.zeros(5, 3, dtype=torch.long),
+    t = Task("x", torch.zeros(5, 3, dtype=torch.long), torch.zeros(5, 3, dtype=torch.long),
                    torch.tensor([1, 2, 3, 4, 5]), torch.tensor([[6, 7], [8, 9], [1, 3], [0, 2], [9, 9]]))
     for i in range(5):
         lg = logits[i, 0]
@@ -67,7 +68,7 @@ def test_greater_than_metric_equals_brute_force(digit_tokens):
     yy = torch.tensor([2, 17, 40, 55, 90, 98])
     ids = torch.arange(10, 20) if digit_tokens else torch.arange(20, 120)
     logits = torch.randn(n, 2 if digit_tokens else 1, vocab, generator=g)
-    t = tasks.GreaterThanTask("gt", torch.zeros(n, 4, dtype=torch.long), torch.zeros(n, 4, dtype=torch.long),
+    t = GreaterThanTask("gt", torch.zeros(n, 4, dtype=torch.long), torch.zeros(n, 4, dtype=torch.long),
                               torch.zeros(n, dtype=torch.long), torch.zeros(n, 1, dtype=torch.long),
                               positions=(-2, -1) if digit_tokens else (-1,), threshold=yy, digit_ids=ids)
     got = t.metric(logits)
@@ -100,7 +101,7 @@ def test_text_tasks_tokenize_as_intended_on_smollm2(smollm2):
                 assert int(t.answers[i]) in row and set(t.wrong[i].tolist()) <= row
                 word = smollm2.to_string(t.answers[i: i + 1])  # the answer word re-tokenizes to that one token
                 assert smollm2.to_tokens(word, prepend_bos=False)[0].tolist() == [int(t.answers[i])]
-    ioi = tasks.ioi(smollm2, n=12)
+    ioi = prompts.ioi(smollm2, n=12)
     assert ((ioi.clean != ioi.corrupted).sum(1) == 1).all()  # ABC: only the second subject changes
     for i in range(len(ioi)):
         row = ioi.clean[i].tolist()
@@ -111,7 +112,7 @@ def test_text_tasks_tokenize_as_intended_on_smollm2(smollm2):
 
 @pytest.mark.real_model
 def test_smollm2_does_ioi(smollm2):
-    t = tasks.ioi(smollm2, n=24, seed=0)
+    t = prompts.ioi(smollm2, n=24, seed=0)
     r = tasks.evaluate(smollm2, t)
     assert r["can_do"] and r["share_metric_positive"] > 0.8 and r["clean_metric"] > r["corrupted_metric"] + 1
     logits = tasks.task_logits(smollm2, smollm2.to_tokens("When Mary and John went to the store, John gave a drink to"), (-1,))
@@ -120,7 +121,7 @@ def test_smollm2_does_ioi(smollm2):
 
 @pytest.mark.real_model
 def test_greater_than_positions_read_the_right_conditionals(smollm2):
-    t = tasks.greater_than(smollm2, n=3, seed=0)
+    t = prompts.greater_than(smollm2, n=3, seed=0)
     assert t.positions == (-2, -1) and t.info["digits"] == "one token a digit"
     got = t.metric(tasks.task_logits(smollm2, t.clean, t.positions))
     ids = t.digit_ids
@@ -139,10 +140,10 @@ def test_list_recall_sweep_reports_each_size_position_and_order(smollm2):
     assert {(r["n_items"], r["answer_index"], r["reorder"]) for r in rows} == {
         (n, k, o) for n in (2, 3) for k in range(n) for o in (False, True)}
     assert all(0 <= r["clean_accuracy"] <= 1 and r["chance"] == pytest.approx(1 / r["n_items"]) for r in rows)
-    one = tasks.evaluate(smollm2, tasks.list_recall(smollm2, n=4, n_items=3, answer_index=1, reorder=True))
+    one = tasks.evaluate(smollm2, prompts.list_recall(smollm2, n=4, n_items=3, answer_index=1, reorder=True))
     row = next(r for r in rows if (r["n_items"], r["answer_index"], r["reorder"]) == (3, 1, True))
     assert row["clean_metric"] == pytest.approx(one["clean_metric"], abs=1e-4)  # the batched sweep slices right
-    t = tasks.list_recall(smollm2, n=4, n_items=4, answer_index=0, reorder=False)
+    t = prompts.list_recall(smollm2, n=4, n_items=4, answer_index=0, reorder=False)
     for row, ans, wrong in zip(t.clean, t.answers, t.wrong):
         ids = row.tolist()
         assert ids.index(int(ans)) < min(ids.index(int(w)) for w in wrong)  # the answer stands first in the list

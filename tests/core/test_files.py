@@ -1,8 +1,11 @@
+import stat
+
 import pytest
 import torch
 
+from saecircuits.core import files
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import atomic_path, ensure_dir, load_tensors, read_json, save_tensors, write_json
+from saecircuits.core.files import atomic_path, ensure_dir, load_tensors, read_json, save_tensors, staged_dir, write_json
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
@@ -55,12 +58,22 @@ def test_corrupt_json(tmp_path):
 
 
 def test_written_files_get_the_usual_mode(tmp_path):
-    import os
-    import stat
-
-    from saecircuits.core.files import write_json
-
-    from saecircuits.core import files
-
     p = write_json(tmp_path / "a.json", {"x": 1})
     assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~files._UMASK != 0o600
+
+
+def test_staged_dir_swaps_in_whole_or_leaves_the_target_alone(tmp_path):
+    target = tmp_path / "out"
+    with staged_dir(target, ".out.") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".out.")
+        (tmp / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    for crash in (RuntimeError("crash while writing"), KeyboardInterrupt()):
+        with pytest.raises(type(crash)), staged_dir(target, ".out.") as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise crash
+        assert (target / "a.txt").read_text() == "first"
+        assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+    with staged_dir(target, ".out.") as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]  # replaced whole

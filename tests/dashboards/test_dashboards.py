@@ -13,11 +13,12 @@ from saecircuits.dashboards import build as dash_build
 from saecircuits.dashboards import build_dashboards
 from saecircuits.dashboards.html import visible
 from saecircuits.dashboards.stats import FeatureStats
-from saecircuits.dashboards.weights import nearest_features, residual_directions
+from saecircuits.dashboards.weights import nearest_features
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import load_tensors
 from saecircuits.model.loading import special_token_ids
 from saecircuits.sae import SAEConfig, build
+from saecircuits.sae.directions import residual_directions
 from saecircuits.sae import format as sae_format
 from saecircuits.text.source import TextConfig, TextSource
 

@@ -14,10 +14,10 @@ from saecircuits.app.cli import app
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import load_tensors
+from saecircuits.heads.config import HeadGraphConfig
 from saecircuits.heads.graph import (
     KINDS,
     HeadCircuits,
-    HeadGraphConfig,
     composition_scores,
     edge_channels,
     head_name,

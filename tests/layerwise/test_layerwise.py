@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.layerwise import contributions, figures, lens, linearity, probes, skipping, tuned
-from saecircuits.layerwise.stream import StreamConfig
+from saecircuits.layerwise import contributions, figures, lens, linearity, probes, results, skipping, tuned
+from saecircuits.layerwise.config import StreamConfig
 from saecircuits.text.source import TextConfig
 
 from conftest import make_tiny_model
@@ -383,3 +383,54 @@ def test_skipping_shares_the_clean_prefix_exactly(tiny_model):
         from_prefix, _ = skipping.run_blocks(tiny_model, toks, [], clean[1][1])
     torch.testing.assert_close(full, part, rtol=0, atol=1e-6)
     torch.testing.assert_close(last_only, from_prefix, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- typed results
+
+
+def _round_trips(d: dict) -> None:
+    """The typed result gives back exactly the analysis's JSON: same keys, same order, same values."""
+    typed = results.parse(d)
+    assert type(typed) is results.RESULTS[d["analysis"]]
+    assert json.dumps(typed.to_json()) == json.dumps(d)
+
+
+def test_every_analysis_result_round_trips_through_its_type(tiny_model, text_file, tmp_path):
+    from saecircuits.core.files import plain_json
+    from saecircuits.sae import SAEConfig, build
+
+    stream = _stream(text_file, tokens=128)
+    text = TextConfig(source=str(text_file), context_size=32, eval_fraction=0.2)
+    sae = build(SAEConfig(architecture="topk", hook="blocks.1.hook_resid_post", d_sae=16, k=4), tiny_model.cfg.d_model)
+    labelled = probes.Labelled([tiny_model.to_tokens(f"{c * 4} {i}")[0] for i in range(6) for c in "ab"],
+                               [i % 2 for i in range(12)], ["a", "b"], "planted")
+    made = {
+        "logit_lens": lens.logit_lens(tiny_model, ["one two", "three four five"], [" x", " y"]),
+        "lens_task": lens.logit_lens(tiny_model, **lens.task_prompts(tiny_model, "induction", n=4)),  # with wrong tokens
+        "contributions": contributions.measure(tiny_model, stream),
+        "skip": skipping.measure(tiny_model, skipping.SkipConfig(stream=stream, skips=[[0, 1], [2], []])),
+        "probe": probes.measure(tiny_model, labelled, probes.ProbeConfig(repeats=1), {"tiny-sae": sae}),
+        "linearity": linearity.measure(tiny_model, linearity.LinearityConfig(stream=stream, eval_tokens=64, top_tokens=2)),
+        "tuned": tuned.train(tiny_model, tuned.TunedLensConfig(text=text, tokens=256, eval_tokens=64))[1],
+        "tuned_no_eval": tuned.train(tiny_model, tuned.TunedLensConfig(text=text, tokens=256, eval_tokens=0))[1],
+    }
+    assert "mean_logit_diff" in made["lens_task"]["by_layer"] and "eval" not in made["tuned_no_eval"]
+    assert "warning" in made["linearity"]  # 128 tokens for 33 coefficients: the optional first key
+    for name, r in made.items():
+        _round_trips(r)
+        files = figures.write(tmp_path, name, r)
+        assert (tmp_path / f"{name}.json").read_text() == json.dumps(plain_json(r), indent=2, allow_nan=False) + "\n"
+        assert len(files["figures"]) == 2
+
+
+def test_typed_results_keep_missing_keys_missing_and_refuse_unknown_ones():
+    partial = {"analysis": "layer_skipping", "model": "m", "halves": {"skip_kl_first_half_median": 0.1},
+               "interventions": [{"name": "skip 0", "kind": "skip", "layers": [0], "kl": 0.2}]}
+    typed = results.parse(partial)
+    assert typed.interventions[0].kl == 0.2 and typed.halves.skip_kl_first_half_median == 0.1
+    assert typed.clean_loss is results.ABSENT
+    assert typed.to_json() == partial
+    with pytest.raises(TypeError, match="unknown field"):
+        results.parse({**partial, "clean_los": 1.0})
+    no_top1 = {"n": 0, "of": 3, "median": None, "median_label": None, "histogram": {}}
+    assert results.DepthSummary.from_json(no_top1).to_json() == no_top1  # no "mean" when no prompt reached top-1

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from saecircuits.text import alignment
-from saecircuits.matching import features as matching
+from saecircuits import matching
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.sae import SAEConfig, build
 
@@ -232,7 +232,7 @@ def test_feature_flow_projects_hook_z_through_w_o(tiny_model):
     d_head, n_heads = tiny_model.cfg.d_head, tiny_model.cfg.n_heads
     z = make_sae(d_in=d_head * n_heads, d_sae=6, hook=f"blocks.{L}.attn.hook_z", seed=5)
     tgt = make_sae(d_in=tiny_model.cfg.d_model, d_sae=2, hook=f"blocks.{L}.hook_resid_post", seed=6)
-    resid = matching.residual_directions(z, tiny_model)
+    resid = matching.flow_directions(z, tiny_model)
     ref = torch.einsum("fhd,hdm->fm", z.W_dec.reshape(6, n_heads, d_head), tiny_model.blocks[L].attn.W_O)
     torch.testing.assert_close(resid, ref.detach())
     with torch.no_grad():
@@ -241,12 +241,31 @@ def test_feature_flow_projects_hook_z_through_w_o(tiny_model):
     assert res["rows"][0]["origin"] == "attn" and res["rows"][0]["origin_feature"] == 4
 
 
+def test_residual_directions_keep_each_callers_summation_order(tiny_model):
+    """One home for hook_z directions in the residual stream (``sae.directions``): the dashboards' order
+    (W @ W_O flattened) and feature flow's (einsum) are both reachable, bit for bit."""
+    from saecircuits.sae.directions import residual_directions
+
+    n_heads, d_head = tiny_model.cfg.n_heads, tiny_model.cfg.d_head
+    W = torch.randn(9, n_heads * d_head, generator=torch.Generator().manual_seed(0))
+    W_O = tiny_model.blocks[1].attn.W_O.detach()
+    flat = residual_directions(W, "blocks.1.attn.hook_z", tiny_model)
+    einsum = residual_directions(W, "blocks.1.attn.hook_z", tiny_model, z_order="dim_major")
+    assert torch.equal(flat, W @ W_O.reshape(-1, W_O.shape[2]))
+    assert torch.equal(einsum, torch.einsum("fhd,hdm->fm", W.reshape(9, n_heads, d_head), W_O))
+    torch.testing.assert_close(flat, einsum)
+    resid = torch.randn(3, 5)
+    assert residual_directions(resid, "blocks.1.hook_resid_post") is resid  # no model: a residual site is not checked
+    with pytest.raises(SaecircuitsError, match="needs the model"):
+        residual_directions(W, "blocks.1.attn.hook_z")
+
+
 # ------------------------------------------------------------------ per-feature statistics
 
 
 def test_feature_stats_top_activations_equal_brute_force():
     d, m = 12, 3
-    stats = matching.FeatureStats(d, top_m=m)
+    stats = matching.FiringStats(d, top_m=m)
     code = sparse_random(300, d, 4, 7)
     tokens = torch.arange(300) + 1000
     compared = torch.ones(300, dtype=torch.bool)

@@ -5,7 +5,8 @@ import torch
 
 from conftest import make_tiny_model
 from saecircuits.model.forward import BLOCK_HOOKS, LeanForward, covers, unsupported
-from saecircuits.activations.store import ModelActivations, Site
+from saecircuits.activations.site import Site
+from saecircuits.activations.store import ModelActivations
 
 FAMILIES = {
     "gpt2-like (LayerNorm, learned positions, GELU, biases)": {},

@@ -27,7 +27,9 @@ from saecircuits.core import distributed
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.sae import format as sae_format
-from saecircuits.training.trainer import TrainConfig, Trainer, make_store, train
+from saecircuits.training.config import TrainConfig
+from saecircuits.training.run import make_store, train
+from saecircuits.training.trainer import Trainer
 
 SITE = "blocks.1.hook_resid_post"
 GLOBAL_BATCH = 256
@@ -256,7 +258,8 @@ def test_data_parallel_resume_after_a_crash_equals_uninterrupted(data_parallel_r
 def test_shards_partition_the_stream(tiny_model, tmp_path):
     """Rank r's model stream reads contexts r, r + 2, ...; from a cache, windows r, r + 2, ...: together, everything once."""
     from saecircuits.activations.cache import build_cache
-    from saecircuits.activations.store import ModelActivations, expand_sites
+    from saecircuits.activations.site import expand_sites
+    from saecircuits.activations.store import ModelActivations
     from saecircuits.text.source import TextSource
 
     cfg = validate(TrainConfig, _cfg_data(tmp_path / "x", store={"batch_size_tokens": 64, "buffer_tokens": 32 * 4}))

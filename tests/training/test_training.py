@@ -3,9 +3,14 @@ import torch
 
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import plain_json, read_json, write_json
 from saecircuits.activations.store import ActivationStore
 from saecircuits.text.source import TextSource
-from saecircuits.training.trainer import TrainConfig, Trainer, geometric_median, lr_factor, train
+from saecircuits.training.config import TrainConfig
+from saecircuits.training.run import train
+from saecircuits.training.schedule import geometric_median, lr_factor
+from saecircuits.training.summary import TrainingSummary, read_summary
+from saecircuits.training.trainer import Trainer
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -133,3 +138,19 @@ def test_geometric_median_and_schedule():
     assert geometric_median(x).norm() < 1.0 < x.mean(0).norm()  # robust to the outliers, unlike the mean
     fs = [lr_factor(s, 100, 0.1, 0.2) for s in range(100)]
     assert fs[0] == pytest.approx(0.1) and fs[9] == 1.0 and fs[50] == 1.0 and fs[99] == pytest.approx(1 / 20)
+
+
+def test_summary_json_round_trips_through_the_typed_summary(tmp_path, tiny_model):
+    cfg = _cfg(tmp_path, total_tokens=256 * 4, saes=[
+        {"architecture": "topk", "hook": SITE, "d_sae": 64, "k": 4},
+        {"architecture": "batchtopk", "hook": "blocks.1.ln2.hook_normalized", "hook_out": "blocks.1.hook_mlp_out", "d_sae": 32, "k": 2},
+    ])
+    returned = train(cfg, model=tiny_model, progress=False)
+    path = tmp_path / "run" / "summary.json"
+    on_disk = read_json(path)
+    assert plain_json(returned) == on_disk  # train returns what summary.json holds
+    summary = read_summary(tmp_path / "run")
+    assert summary.to_json() == on_disk and TrainingSummary.from_json(on_disk).to_json() == on_disk
+    assert write_json(tmp_path / "again.json", summary.to_json()).read_bytes() == path.read_bytes()
+    first = summary.saes[cfg.saes[0].default_name()]
+    assert first.hook == SITE and first.splice is not None and first.explained_variance == on_disk["saes"][cfg.saes[0].default_name()]["explained_variance"]

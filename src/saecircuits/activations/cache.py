@@ -28,7 +28,8 @@ from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import ensure_dir, read_json, save_tensors, write_json
 from saecircuits.model.loading import fingerprint
 from saecircuits.core.progress import TokenBar
-from saecircuits.activations.store import DTYPES, ActivationStore, ModelActivations, Rows, Site, StoreConfig, expand_sites
+from saecircuits.activations.site import Site, expand_sites
+from saecircuits.activations.store import DTYPES, ActivationStore, ModelActivations, Rows, StoreConfig
 from saecircuits.text.source import Split, TextSource
 
 FORMAT = 1
@@ -84,14 +85,7 @@ def build_cache(
     with _writer_lock(folder):
         for stale in folder.glob(".shard_*.tmp"):
             stale.unlink()
-        manifest = _read_manifest(folder) if (folder / MANIFEST).exists() else None
-        if manifest is not None:
-            _check_same(manifest, settings, folder)
-            manifest["n_contexts_target"] = max(manifest["n_contexts_target"], n_target)
-        else:
-            manifest = {**settings, "shard_contexts": shard_contexts, "context_size": text.cfg.context_size,
-                        "widths": {}, "shards": [], "n_contexts": 0, "n_rows": 0, "n_contexts_target": n_target,
-                        "complete": False, "source_exhausted": False}
+        manifest = _open_manifest(folder, settings, shard_contexts, text.cfg.context_size, n_target)
         todo = manifest["n_contexts_target"] - manifest["n_contexts"]
         if todo <= 0 or manifest["source_exhausted"]:
             manifest["complete"] = True
@@ -127,6 +121,19 @@ def build_cache(
         manifest["complete"] = True
         write_json(folder / MANIFEST, manifest)
     return ActivationCache(folder)
+
+
+def _open_manifest(folder: Path, settings: dict, shard_contexts: int, context_size: int, n_target: int) -> dict:
+    """The manifest to build on: the folder's own (made with the same settings; its target raised to
+    ``n_target`` contexts if that is more), or a new one for an empty folder."""
+    if (folder / MANIFEST).exists():
+        manifest = _read_manifest(folder)
+        _check_same(manifest, settings, folder)
+        manifest["n_contexts_target"] = max(manifest["n_contexts_target"], n_target)
+        return manifest
+    return {**settings, "shard_contexts": shard_contexts, "context_size": context_size,
+            "widths": {}, "shards": [], "n_contexts": 0, "n_rows": 0, "n_contexts_target": n_target,
+            "complete": False, "source_exhausted": False}
 
 
 def _compute_shard(acts: ModelActivations, contexts: Iterator[np.ndarray], want: int, batch: int):

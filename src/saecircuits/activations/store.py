@@ -17,75 +17,26 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 from transformer_lens import HookedTransformer
 
+from saecircuits.activations.site import Site, expand_sites
 from saecircuits.model import forward as lean_forward
 from saecircuits.model import hooks as hooklib
+from saecircuits.model.loading import special_token_ids
+from saecircuits.core import distributed
 from saecircuits.core.config import Config
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.text.source import Split, TextSource
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Site:
-    """One activation stream: a hook point, or one head of a hook with a head dimension.
-
-    Written ``blocks.3.attn.hook_z`` (all heads concatenated, SAELens's hook_z layout) or
-    ``blocks.3.attn.hook_z:5`` (head 5 alone).
-    """
-
-    hook: str
-    head: int | None = None
-
-    @property
-    def key(self) -> str:
-        return self.hook if self.head is None else f"{self.hook}:{self.head}"
-
-    @property
-    def layer(self) -> int | None:
-        return hooklib.layer_of(self.hook)
-
-    @classmethod
-    def parse(cls, spec: str) -> Site:
-        hook, _, head = spec.partition(":")
-        if head and not head.isdigit():
-            raise SaecircuitsError(f"site '{spec}': the part after ':' must be a head index, e.g. {hook}:0")
-        return cls(hook, int(head) if head else None)
-
-
-def expand_sites(model: HookedTransformer, specs: list[str]) -> list[Site]:
-    """Parse site specs; ``hook:*`` becomes one site per head. Validates hooks and head indices."""
-    out: list[Site] = []
-    for spec in specs:
-        hook, _, head = spec.partition(":")
-        hooklib.validate(model, hook)
-        if head and not hooklib.is_head_hook(hook):
-            raise SaecircuitsError(f"site '{spec}': {hook} has no head dimension; heads split only {', '.join(hooklib.HEAD_HOOKS)}")
-        n_heads = _n_heads(model, hook)
-        if head == "*":
-            out.extend(Site(hook, h) for h in range(n_heads))
-            continue
-        site = Site.parse(spec)
-        if site.head is not None and not 0 <= site.head < n_heads:
-            raise SaecircuitsError(f"site '{spec}': head {site.head} does not exist; {hook} has heads 0 to {n_heads - 1}")
-        out.append(site)
-    if len({s.key for s in out}) != len(out):
-        raise SaecircuitsError("the same hook site is listed twice")
-    return out
-
-
-def _n_heads(model: HookedTransformer, hook: str) -> int:
-    kv = model.cfg.n_key_value_heads or model.cfg.n_heads
-    return kv if hook.endswith(("attn.hook_k", "attn.hook_v")) else model.cfg.n_heads
 
 
 def site_width(model: HookedTransformer, site: Site) -> int:
@@ -97,6 +48,16 @@ def site_widths(model: HookedTransformer, sites: list[Site]) -> dict[str, int]:
     acts = ModelActivations(model, sites, exclude_special_tokens=False, exclude_first_position=False)
     rows = acts.activations(torch.zeros(1, 2, dtype=torch.long))
     return {k: v.shape[1] for k, v in rows.items()}
+
+
+def site_rows(acts: Mapping[str, torch.Tensor], sites: Iterable[Site], n: int) -> dict[str, torch.Tensor]:
+    """Each site's rows [n = batch * pos, d] (key -> rows) from hook activations [batch, pos, ...] by hook
+    name; a head site takes its head."""
+    out = {}
+    for s in sites:
+        a = acts[s.hook]
+        out[s.key] = (a if s.head is None else a[:, :, s.head]).reshape(n, -1)
+    return out
 
 
 class StoreConfig(Config):
@@ -184,8 +145,6 @@ class ModelActivations:
         if forward == "auto" and lean_forward.unsupported(model) is None and lean_forward.covers(model, self.hook_names):
             self.lean = lean_forward.LeanForward(model)
         if special_ids is None and exclude_special_tokens:
-            from saecircuits.model.loading import special_token_ids
-
             special_ids = special_token_ids(model)
         self.special = torch.tensor(sorted(special_ids or []), dtype=torch.long) if exclude_special_tokens else None
         self.exclude_first = exclude_first_position
@@ -210,12 +169,7 @@ class ModelActivations:
                 tokens, stop_at_layer=self.stop, fwd_hooks=[(h, save) for h in self.hook_names], return_type=None
             )
         self.forward_seconds += time.perf_counter() - start
-        n = tokens.numel()
-        out = {}
-        for s in self.sites:
-            a = captured[s.hook]
-            out[s.key] = (a if s.head is None else a[:, :, s.head]).reshape(n, -1)
-        return out
+        return site_rows(captured, self.sites, tokens.numel())
 
     def keep_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """[batch * pos] True where a token is trained on: not special, not the first position."""
@@ -275,8 +229,6 @@ def _generator(seed: int, epoch: int, window: int) -> torch.Generator:
 
 
 def _stack(batch: list):
-    import numpy as np
-
     return np.stack(batch)
 
 
@@ -379,8 +331,6 @@ class ActivationStore:
         for k, v in rows.acts.items():
             norms = v.float().norm(dim=1)
             if self.shard[1] > 1:
-                from saecircuits.core import distributed
-
                 norms = distributed.all_gather_varlen(norms)
             if self.cfg.drop_outlier_norm is not None and k not in p.outlier_limits:
                 p.outlier_limits[k] = float(norms.median()) * self.cfg.drop_outlier_norm

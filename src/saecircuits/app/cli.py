@@ -1,74 +1,33 @@
-"""The ``saecircuits`` command line: one command a stage, errors as one line (tracebacks with --debug)."""
+"""The ``saecircuits`` command line: one command a stage, errors as one line (tracebacks with --debug).
+
+The ``layers`` group lives in ``layers_commands``. Option defaults are the stages' config defaults. A
+command imports the stage it runs only when it runs: most stages import TransformerLens (seconds),
+which ``--help`` and option errors should not wait for.
+"""
 
 from __future__ import annotations
 
-import functools
-import os
+import importlib.metadata
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from saecircuits.app.command import app, command, console
+from saecircuits.app.demo import QUICK, DemoConfig
+from saecircuits.app.demo import run as run_demo
+from saecircuits.app.layers_commands import layers_app
+from saecircuits.circuits.config import CircuitConfig
+from saecircuits.circuits.task_names import TASKS
+from saecircuits.core.config import read_yaml, validate
 from saecircuits.core.errors import SaecircuitsError
-
-app = typer.Typer(
-    name="saecircuits",
-    help="Train sparse autoencoders on language-model activations, match features, find and validate circuits.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-console = Console(stderr=True)
-_state = {"debug": False}
-
-
-@app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
-    _state["debug"] = debug or bool(os.environ.get("SAECIRCUITS_DEBUG"))
-
-
-def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = None, name: str | None = None) -> Any:
-    """Register a command whose SaecircuitsErrors print as one line and exit with status 2.
-
-    ``@command`` registers on the main app; ``@command(on=group, name="x")`` on a sub-app (``saecircuits GROUP x``)."""
-    if fn is None:
-        return functools.partial(command, on=on, name=name)
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SaecircuitsError as e:
-            if _state["debug"]:
-                raise
-            console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]; finished work is kept, rerun to resume")
-            raise typer.Exit(130) from None
-        except MemoryError:
-            if _state["debug"]:
-                raise
-            console.print("[bold red]error:[/bold red] out of memory; lower the batch size or buffer size")
-            raise typer.Exit(2) from None
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except Exception as e:  # noqa: BLE001 - anything else is our bug: say so briefly
-            if _state["debug"]:
-                raise
-            console.print(
-                f"[bold red]internal error:[/bold red] {type(e).__name__}: {escape(str(e))}\n"
-                "rerun with --debug for the traceback and report it",
-                highlight=False,
-            )
-            raise typer.Exit(1) from None
-
-    return (on or app).command(name=name)(run)
+from saecircuits.dashboards.config import DashboardConfig
+from saecircuits.heads.config import HeadGraphConfig
+from saecircuits.matching.config import MatchConfig
+from saecircuits.text.source import TextConfig
 
 
 @command
@@ -89,17 +48,18 @@ def models(
     t = Table(title="models that load offline")
     for col in ("name", "hub name", "package", "installed"):
         t.add_column(col)
-    import importlib.metadata as md
-
     for spec in m.OFFLINE_MODELS.values():
         try:
-            md.distribution(spec.distribution)
+            importlib.metadata.distribution(spec.distribution)
             ok = "yes"
-        except md.PackageNotFoundError:
+        except importlib.metadata.PackageNotFoundError:
             ok = f"no: {spec.install}"
         t.add_row(spec.name, spec.hf_name, spec.distribution, ok)
     Console().print(t)
     console.print(f"cache: {m.cache_root() / 'models'}; any TransformerLens model name also works where the hub is reachable")
+
+
+_TEXT = TextConfig()  # the cache command's text defaults
 
 
 @command
@@ -107,9 +67,9 @@ def cache(
     out: Path = typer.Option(..., "--out", help="Cache folder (created, or resumed if it holds a partial cache)."),
     hook: list[str] = typer.Option(..., "--hook", help="Hook site, e.g. blocks.6.hook_resid_post or blocks.3.attn.hook_z:* (repeatable)."),
     model: str = typer.Option("smollm2-135m", "--model"),
-    text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
+    text: str = typer.Option(_TEXT.source, "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
     tokens: int = typer.Option(200_000, "--tokens", min=1, help="Context tokens to run through the model."),
-    context_size: int = typer.Option(128, "--context-size", min=2),
+    context_size: int = typer.Option(_TEXT.context_size, "--context-size", min=2),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
     split: str = typer.Option("train", "--split", help="train | eval"),
 ) -> None:
@@ -132,23 +92,26 @@ def cache(
     )
 
 
+_DASHBOARDS = {name: f.default for name, f in DashboardConfig.model_fields.items()}  # the dashboards command's defaults
+
+
 @command
 def dashboards(
     sae: Path = typer.Option(..., "--sae", help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)."),
     out: Path = typer.Option(..., "--out", help="Output folder: index.html, features/<id>.html, stats, Neuronpedia JSON."),
-    model: str = typer.Option("smollm2-135m", "--model", help="The model the SAE reads (an offline name, a folder or a hub name)."),
-    text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
-    tokens: int = typer.Option(100_000, "--tokens", min=1, help="Context tokens to run through the model and the SAE."),
-    context_size: int = typer.Option(128, "--context-size", min=2),
-    batch: int = typer.Option(16, "--batch", min=1, help="Contexts per forward pass."),
-    wandb: str = typer.Option("auto", "--wandb", help="auto | online | offline | off"),
+    model: str = typer.Option(_DASHBOARDS["model"], "--model", help="The model the SAE reads (an offline name, a folder or a hub name)."),
+    text: str = typer.Option(_DASHBOARDS["text"].source, "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
+    tokens: int = typer.Option(_DASHBOARDS["tokens"], "--tokens", min=1, help="Context tokens to run through the model and the SAE."),
+    context_size: int = typer.Option(_DASHBOARDS["text"].context_size, "--context-size", min=2),
+    batch: int = typer.Option(_DASHBOARDS["batch_contexts"], "--batch", min=1, help="Contexts per forward pass."),
+    wandb: str = typer.Option(_DASHBOARDS["wandb"].mode, "--wandb", help="auto | online | offline | off"),
     restart: bool = typer.Option(False, "--restart", help="Discard statistics checkpointed in --out by an earlier run."),
 ) -> None:
     """Feature dashboards: one pass over text, then an offline HTML site, Neuronpedia JSON and W&B pages.
 
     A rerun with the same arguments resumes after the last checkpointed batch.
     """
-    from saecircuits.dashboards import build_dashboards
+    from saecircuits.dashboards.build import build_dashboards
 
     s = build_dashboards(sae, model, text, out, tokens, wandb=wandb, restart=restart, batch_contexts=batch,
                          text={"context_size": context_size})
@@ -170,7 +133,8 @@ def train(
 ) -> None:
     """Train SAEs (and transcoders) from one activation stream; write them in SAELens's format."""
     from saecircuits.core.config import read_yaml, validate
-    from saecircuits.training.trainer import TrainConfig, train as run_training
+    from saecircuits.training.config import TrainConfig
+    from saecircuits.training.run import train as run_training
 
     data = read_yaml(config)
     if not isinstance(data, dict):
@@ -187,21 +151,22 @@ def train(
         print_train_summary(summary, cfg.out)
 
 
+_DEMO = DemoConfig()  # the defaults the demo command's help names
+
+
 @command
 def demo(
-    out: str = typer.Option(None, "--out", help="Output folder (default runs/demo; reused on a rerun: finished stages are skipped)."),
+    out: str = typer.Option(None, "--out", help=f"Output folder (default {_DEMO.out}; reused on a rerun: finished stages are skipped)."),
     model: str = typer.Option(None, "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
     text: str = typer.Option(None, "--text", help="stdlib | bible | PATH | hf:NAME | tokens:PATH"),
-    layers: str = typer.Option(None, "--layers", help="Comma-separated residual-stream layers for SAEs (default 3,6,9)."),
-    tokens: int = typer.Option(None, "--tokens", help="Training tokens per SAE (default 200,000)."),
+    layers: str = typer.Option(None, "--layers",
+                               help=f"Comma-separated residual-stream layers for SAEs (default {','.join(map(str, _DEMO.layers))})."),
+    tokens: int = typer.Option(None, "--tokens", help=f"Training tokens per SAE (default {_DEMO.tokens:,})."),
     wandb: str = typer.Option(None, "--wandb", help="auto | online | offline | off"),
     config: Path = typer.Option(None, "--config", help="A YAML file of demo settings (see saecircuits.app.demo.DemoConfig)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes everywhere: checks the whole flow in a few minutes."),
 ) -> None:
     """The main job on the embedded default model: the whole flow under one output folder."""
-    from saecircuits.core.config import read_yaml, validate
-    from saecircuits.app.demo import QUICK, DemoConfig, run
-
     data = read_yaml(config) if config else {}
     if not isinstance(data, dict):
         raise SaecircuitsError(f"{config}: expected a mapping of demo settings, got {type(data).__name__}")
@@ -217,10 +182,13 @@ def demo(
     if wandb is not None:
         data["wandb"] = {**data.get("wandb", {}), "mode": wandb}
     cfg = validate(DemoConfig, data, where=str(config) if config else "demo")
-    results = run(cfg)
+    results = run_demo(cfg)
     print_train_summary(results["train"], str(Path(cfg.out) / "train"))
     for line in results.get("closing", []):
         console.print(line)
+
+
+_MATCH = {name: f.default for name, f in MatchConfig.model_fields.items()}  # the match command's defaults
 
 
 @command
@@ -232,23 +200,23 @@ def match(
     model: str = typer.Option(None, "--model", help="Model of the A SAEs (default: the model named in the SAE's cfg.json)."),
     model_b: str = typer.Option(None, "--model-b", help="Model of the B SAEs, if another: text is aligned by character offsets."),
     align_to: str = typer.Option(None, "--align-to", help="Same-model pairs: compare only at the positions a match with this model's tokenizer compares (so the numbers sit beside a --model-b run)."),
-    text: str = typer.Option("stdlib", "--text", help="stdlib | bible | PATH | hf:NAME"),
-    tokens: int = typer.Option(100_000, "--tokens", min=1, help="Compared tokens (aligned positions across models)."),
-    context_size: int = typer.Option(128, "--context-size", min=2),
-    method: str = typer.Option("hungarian", "--method", help="hungarian (one-to-one) | best (many-to-one) | greedy"),
-    min_r: float = typer.Option(0.1, "--min-r", help="Pairs below this correlation are flagged low_r."),
-    null: int = typer.Option(1000, "--null", min=0, help="Shuffled pairings per similarity null (0: skip SVCCA/RSA/CKA)."),
-    random_subsets: int = typer.Option(100, "--random-subsets", min=0, help="Draws of the random-subset baseline."),
-    sample_tokens: int = typer.Option(2048, "--sample-tokens", min=0, help="Tokens kept for activation-space similarity."),
-    alignment: str = typer.Option("boundary", "--alignment", help="boundary | cover (cross-model token alignment rule)"),
-    drop_outlier_norm: float = typer.Option(10.0, "--drop-outlier-norm", help="Leave out tokens whose input norm is this many times the median (0: keep all)."),
+    text: str = typer.Option(_MATCH["text"].source, "--text", help="stdlib | bible | PATH | hf:NAME"),
+    tokens: int = typer.Option(_MATCH["tokens"], "--tokens", min=1, help="Compared tokens (aligned positions across models)."),
+    context_size: int = typer.Option(_MATCH["text"].context_size, "--context-size", min=2),
+    method: str = typer.Option(_MATCH["method"], "--method", help="hungarian (one-to-one) | best (many-to-one) | greedy"),
+    min_r: float = typer.Option(_MATCH["min_r"], "--min-r", help="Pairs below this correlation are flagged low_r."),
+    null: int = typer.Option(_MATCH["null"], "--null", min=0, help="Shuffled pairings per similarity null (0: skip SVCCA/RSA/CKA)."),
+    random_subsets: int = typer.Option(_MATCH["random_subsets"], "--random-subsets", min=0, help="Draws of the random-subset baseline."),
+    sample_tokens: int = typer.Option(_MATCH["sample_tokens"], "--sample-tokens", min=0, help="Tokens kept for activation-space similarity."),
+    alignment: str = typer.Option(_MATCH["alignment"], "--alignment", help="boundary | cover (cross-model token alignment rule)"),
+    drop_outlier_norm: float = typer.Option(_MATCH["drop_outlier_norm"], "--drop-outlier-norm", help="Leave out tokens whose input norm is this many times the median (0: keep all)."),
     min_cos: float = typer.Option(0.5, "--min-cos", help="chains / flow: weakest decoder cosine that links two features."),
     flow_direction: str = typer.Option("decoder", "--flow-direction", help="flow: compare each feature's decoder or encoder direction"),
-    batch_contexts: int = typer.Option(8, "--batch-contexts", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    batch_contexts: int = typer.Option(_MATCH["batch_contexts"], "--batch-contexts", min=1),
+    seed: int = typer.Option(_MATCH["seed"], "--seed"),
 ) -> None:
     """Match SAE features across layers or models: tables, graphs, similarity statistics and heatmaps."""
-    from saecircuits.matching.outputs import run_match_command
+    from saecircuits.app.match import run_match_command  # lazy: loads the model and SAE code (transformer_lens)
 
     written = run_match_command(
         [str(p) for p in sae_a], [str(p) for p in sae_b or []], str(out), mode=mode, model=model, model_b=model_b, align_to=align_to,
@@ -261,20 +229,22 @@ def match(
     console.print(f"written: {out} ({', '.join(sorted(written))})")
 
 
+_HEADS = HeadGraphConfig()  # the heads command's defaults
+
+
 @command
 def heads(
     model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a local HF folder | a TransformerLens hub name"),
     out: str = typer.Option(..., "--out", help="Output folder: heads.graphml, heads.json, scores.safetensors, summary.json."),
-    top: int = typer.Option(3, "--top", min=0, help="Edges of each type kept into each receiver head (0: no limit)."),
-    min_z: float = typer.Option(None, "--min-z", help="Keep only edges with at least this z-score."),
-    min_score: float = typer.Option(None, "--min-score", help="Keep only edges with at least this composition score."),
-    rank_by: str = typer.Option("z", "--rank-by", help="z (same-spectrum null) | z_senders (vs the receiver's other senders) | score: what --top ranks by."),
-    null_draws: int = typer.Option(128, "--null-draws", help="Random same-spectrum senders per pair for the z-scores."),
-    seed: int = typer.Option(0, "--seed"),
+    top: int = typer.Option(_HEADS.top_per_receiver, "--top", min=0, help="Edges of each type kept into each receiver head (0: no limit)."),
+    min_z: float = typer.Option(_HEADS.min_z, "--min-z", help="Keep only edges with at least this z-score."),
+    min_score: float = typer.Option(_HEADS.min_score, "--min-score", help="Keep only edges with at least this composition score."),
+    rank_by: str = typer.Option(_HEADS.rank_by, "--rank-by", help="z (same-spectrum null) | z_senders (vs the receiver's other senders) | score: what --top ranks by."),
+    null_draws: int = typer.Option(_HEADS.null_draws, "--null-draws", help="Random same-spectrum senders per pair for the z-scores."),
+    seed: int = typer.Option(_HEADS.seed, "--seed"),
 ) -> None:
     """Head weight graph: Q/K/V composition of every head pair, SVD channels, z-scores against a null."""
-    from saecircuits.core.config import validate
-    from saecircuits.heads.graph import HeadGraphConfig, run
+    from saecircuits.heads.graph import run
 
     cfg = validate(HeadGraphConfig, {"top_per_receiver": top or None, "min_z": min_z, "min_score": min_score,
                                      "rank_by": rank_by, "null_draws": null_draws, "seed": seed}, where="heads")
@@ -302,233 +272,32 @@ def print_train_summary(summary: dict, out: str) -> None:
         console.print(f"W&B ran offline; upload later with: {summary['wandb_sync']}")
 
 
-# ---------------------------------------------------------------- layers: layer-wise analysis
-
-layers_app = typer.Typer(help="Layer-wise analysis: logit/tuned lens, sublayer contributions, layer skipping, "
-                              "probes per layer, linearity between layers. Each writes MODE.json + MODE.png/.pdf to --out.",
-                         no_args_is_help=True)
-app.add_typer(layers_app, name="layers")
-_MODEL_OPT = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name")
-_OUT_OPT = typer.Option(..., "--out", help="Output folder for the JSON and figures.")
-_TEXT_OPT = typer.Option("stdlib", "--text", help="stdlib | bible | stdlib+bible | PATH | hf:NAME | tokens:PATH")
-
-
-def _layers_stream(text: str, tokens: int, context_size: int, batch_size: int) -> Any:
-    from saecircuits.core.config import validate
-    from saecircuits.layerwise.stream import StreamConfig
-
-    return validate(StreamConfig, {"text": {"source": text, "context_size": context_size}, "tokens": tokens,
-                                   "batch_size": batch_size}, where="layers")
-
-
-def _layers_write(out: Path, name: str, result: dict) -> None:
-    from saecircuits.layerwise.figures import write
-
-    files = write(out, name, result)
-    console.print(f"wrote {files['json']} and {', '.join(files['figures'])}")
-
-
-@command(on=layers_app, name="lens")
-def layers_lens(
-    out: Path = _OUT_OPT,
-    model: str = _MODEL_OPT,
-    prompt: list[str] = typer.Option(None, "--prompt", help="A prompt (repeatable; pair each with an --answer)."),
-    answer: list[str] = typer.Option(None, "--answer", help="The answer token's text, e.g. ' Mary' (repeatable)."),
-    prompts: Path = typer.Option(None, "--prompts", help="CSV with columns prompt,answer."),
-    task: str = typer.Option(None, "--task", help="A circuit task's clean prompts and answers, e.g. ioi."),
-    n: int = typer.Option(32, "--n", min=1, help="With --task: number of prompts."),
-    tuned: Path = typer.Option(None, "--tuned", help="A tuned lens folder (from `saecircuits layers tuned-lens`)."),
-) -> None:
-    """Logit lens (or tuned lens): rank and probability of the answer at every layer and position."""
-    ps, ans = list(prompt or []), list(answer or [])
-    if len(ps) != len(ans) or not (ps or prompts or task):
-        raise SaecircuitsError(f"{len(ps)} prompt(s) and {len(ans)} answer(s)",
-                               "give each --prompt an --answer, or --prompts CSV, or --task")
-    if task and (ps or prompts):
-        raise SaecircuitsError("--task takes its prompts from the task; leave out --prompt and --prompts")
-    from saecircuits.model import loading as m
-    from saecircuits.layerwise import lens as lenslib
-    from saecircuits.layerwise import tuned as tunedlib
-
-    if prompts:
-        more_p, more_a = lenslib.read_prompts(str(prompts))
-        ps, ans = ps + more_p, ans + more_a
-    lm = m.load(model)
-    lens = tunedlib.load(tuned, lm) if tuned else None
-    if task:
-        r = lenslib.logit_lens(lm, lens=lens, **lenslib.task_prompts(lm, task, n))
-    else:
-        r = lenslib.logit_lens(lm, ps, ans, lens)
-    name = r["analysis"]
-    console.print(f"{name} on {r['n_prompts']} prompt(s): final top-1 accuracy {r['final_accuracy']:.2f}; answer first top-1 "
-                  f"at layer {r['first_top1']['median_label']} (median, {r['first_top1']['n']}/{r['n_prompts']} prompts), "
-                  f"stays top-1 from {r['stable_top1']['median_label']}")
-    _layers_write(out, name, r)
-
-
-@command(on=layers_app, name="tuned-lens")
-def layers_tuned_lens(
-    out: Path = typer.Option(..., "--out", help="Folder for the tuned lens (safetensors + JSON) and its KL figure."),
-    model: str = _MODEL_OPT,
-    text: str = _TEXT_OPT,
-    tokens: int = typer.Option(65_536, "--tokens", min=1, help="Training tokens."),
-    context_size: int = typer.Option(128, "--context-size", min=2),
-    batch_tokens: int = typer.Option(256, "--batch-tokens", min=1),
-    lr: float = typer.Option(1e-3, "--lr"),
-    eval_tokens: int = typer.Option(4096, "--eval-tokens", min=0),
-) -> None:
-    """Train a tuned lens (an affine translator per layer, KL to the final logits) on the activation stream."""
-    from saecircuits.model import loading as m
-    from saecircuits.core.config import validate
-    from saecircuits.layerwise import tuned as tunedlib
-
-    cfg = validate(tunedlib.TunedLensConfig, {"text": {"source": text, "context_size": context_size}, "tokens": tokens,
-                                              "batch_size_tokens": batch_tokens, "lr": lr, "eval_tokens": eval_tokens},
-                   where="tuned-lens")
-    lm = m.load(model)
-    lens, summary = tunedlib.train(lm, cfg)
-    tunedlib.save(lens, out, summary)
-    if "eval" in summary:
-        ev = summary["eval"]
-        mid = len(ev["layers"]) // 2
-        console.print(f"held-out KL at layer {ev['layers'][mid]}: logit lens {ev['kl_logit_lens'][mid]:.3f}, "
-                      f"tuned lens {ev['kl_tuned_lens'][mid]:.3f} nats")
-    _layers_write(out, "tuned_lens_training", summary)
-
-
-@command(on=layers_app, name="contributions")
-def layers_contributions(
-    out: Path = _OUT_OPT,
-    model: str = _MODEL_OPT,
-    text: str = _TEXT_OPT,
-    tokens: int = typer.Option(16_384, "--tokens", min=2),
-    context_size: int = typer.Option(128, "--context-size", min=2),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-) -> None:
-    """Norm of each attention / MLP output relative to the residual stream, and its cosine with it, per layer."""
-    from saecircuits.model import loading as m
-    from saecircuits.layerwise import contributions
-
-    stream = _layers_stream(text, tokens, context_size, batch_size)
-    r = contributions.measure(m.load(model), stream)
-    h = r["halves"]["block_rel_norm"]
-    console.print(f"{r['tokens']:,} tokens: mean ||block out|| / ||resid|| first half {h['first_half']:.3f}, "
-                  f"second half {h['second_half']:.3f}")
-    _layers_write(out, "contributions", r)
-
-
-@command(on=layers_app, name="skip")
-def layers_skip(
-    out: Path = _OUT_OPT,
-    model: str = _MODEL_OPT,
-    text: str = _TEXT_OPT,
-    tokens: int = typer.Option(2048, "--tokens", min=2, help="Tokens per intervention (each is a full forward pass)."),
-    context_size: int = typer.Option(128, "--context-size", min=2),
-    batch_size: int = typer.Option(4, "--batch-size", min=1),
-    skip: list[str] = typer.Option(None, "--skip", help="Layers skipped together: 7, 10-14 or 3,5 (repeatable); default every single layer."),
-    swap: bool = typer.Option(True, "--swap/--no-swap", help="Also swap each pair of adjacent layers."),
-) -> None:
-    """Skip layers (or ranges) and swap adjacent ones: change in later residuals and in the output (KL, loss)."""
-    from saecircuits.model import loading as m
-    from saecircuits.core.config import validate
-    from saecircuits.layerwise import skipping
-
-    lm = m.load(model)
-    skips = [skipping.parse_layers(s, lm.cfg.n_layers) for s in skip] if skip else None
-    cfg = validate(skipping.SkipConfig, {"stream": _layers_stream(text, tokens, context_size, batch_size).model_dump(),
-                                         "skips": skips, "swap_adjacent": swap}, where="skip")
-    r = skipping.measure(lm, cfg)
-    h = r["halves"]
-    worst = max(r["interventions"], key=lambda x: x["kl"])
-    console.print(f"clean loss {r['clean_loss']:.3f}; mean KL of skipping one layer: first half "
-                  f"{h['skip_kl_first_half'] if h['skip_kl_first_half'] is not None else float('nan'):.4f}, second half "
-                  f"{h['skip_kl_second_half'] if h['skip_kl_second_half'] is not None else float('nan'):.4f}; "
-                  f"largest: {worst['name']} (KL {worst['kl']:.3f})")
-    _layers_write(out, "skip", r)
-
-
-@command(on=layers_app, name="probe")
-def layers_probe(
-    out: Path = _OUT_OPT,
-    model: str = _MODEL_OPT,
-    data: str = typer.Option("code-vs-prose", "--data",
-                             help="code-vs-prose | old-vs-new-testament | task:NAME[:clean-vs-corrupted|order] | a CSV of text,label"),
-    pool: str = typer.Option("last", "--pool", help="last | mean (over the text's tokens)"),
-    n_per_class: int = typer.Option(100, "--n-per-class", min=2, help="Built-in sets: texts per class (tasks: prompts)."),
-    n_tokens: int = typer.Option(32, "--n-tokens", min=1, help="Built-in sets: tokens per text."),
-    sae: list[Path] = typer.Option(None, "--sae", help="An SAE folder whose features are probed too (repeatable)."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction"),
-    repeats: int = typer.Option(3, "--repeats", min=1),
-    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength (as scikit-learn)."),
-    seed: int = typer.Option(0, "--seed"),
-) -> None:
-    """Logistic-regression probes on every layer's residual (and SAE features): held-out accuracy by layer."""
-    from saecircuits.model import loading as m
-    from saecircuits.core.config import validate
-    from saecircuits.layerwise import probes
-    from saecircuits.sae import format as sae_format
-
-    cfg = validate(probes.ProbeConfig, {"pool": pool, "test_fraction": test_fraction, "repeats": repeats, "C": c,
-                                        "seed": seed}, where="probe")
-    lm = m.load(model)
-    labelled = probes.load(lm, data, n_per_class, n_tokens, seed)
-    saes = {p.name: sae_format.load(p) for p in (sae or [])}
-    r = probes.measure(lm, labelled, cfg, saes)
-    console.print(f"{r['n_examples']} texts ({', '.join(r['classes'])}): best held-out accuracy {r['best_accuracy']:.3f} "
-                  f"at layer {r['best_layer']}; within 0.02 of it from layer {r['concept_depth']}")
-    for s in r["saes"]:
-        console.print(f"SAE {s['name']} ({s['hook']}): held-out accuracy {s['test_accuracy']:.3f}")
-    _layers_write(out, "probe", r)
-
-
-@command(on=layers_app, name="linearity")
-def layers_linearity(
-    out: Path = _OUT_OPT,
-    model: str = _MODEL_OPT,
-    text: str = _TEXT_OPT,
-    tokens: int = typer.Option(16_384, "--tokens", min=2, help="Tokens to fit the maps on."),
-    eval_tokens: int = typer.Option(4096, "--eval-tokens", min=2, help="Held-out tokens (the text's eval split)."),
-    context_size: int = typer.Option(128, "--context-size", min=2),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    normalize: str = typer.Option("token", "--normalize", help="token (each residual to unit norm) | none"),
-) -> None:
-    """R^2 of the best affine map from each layer's residual to the next (in-sample and held out)."""
-    from saecircuits.model import loading as m
-    from saecircuits.core.config import validate
-    from saecircuits.layerwise import linearity
-
-    cfg = validate(linearity.LinearityConfig, {"stream": _layers_stream(text, tokens, context_size, batch_size).model_dump(),
-                                               "eval_tokens": eval_tokens, "normalize": normalize}, where="linearity")
-    r = linearity.measure(m.load(model), cfg)
-    worst = min(range(len(r["r2_held_out"])), key=lambda i: r["r2_held_out"][i])
-    console.print(f"held-out R^2 of one affine map per block: min {r['r2_held_out'][worst]:.3f} (block {r['layers'][worst]}), "
-                  f"mean {sum(r['r2_held_out']) / len(r['r2_held_out']):.3f}")
-    if r.get("warning"):
-        console.print(f"[yellow]warning:[/yellow] {r['warning']}")
-    _layers_write(out, "linearity", r)
+app.add_typer(layers_app, name="layers")  # saecircuits layers MODE: layer-wise analysis (layers_commands)
 
 
 # ---------------------------------------------------------------- circuit: a task's head circuit, validated by ablation
 
+_CIRCUIT = CircuitConfig()  # the circuit command's defaults
+
+
 @command(name="circuit")
 def circuit_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder: results.json, circuit.json, graph.graphml/.json, edge_scores.safetensors."),
-    task: str = typer.Option("ioi", "--task", help="ioi | induction | greater_than | list_recall | colored_objects"),
+    task: str = typer.Option(_CIRCUIT.task, "--task", help=" | ".join(TASKS)),
     model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
-    prompts: int = typer.Option(64, "--prompts", help="Clean/corrupted prompt pairs."),
-    size: int = typer.Option(None, "--size", help="Heads in the circuit (default: every head above --threshold)."),
-    threshold: float = typer.Option(0.05, "--threshold", help="|normalised patching effect| a head needs when --size is not given."),
-    ablation: str = typer.Option("mean", "--ablation", help="mean | zero | resample"),
-    random_circuits: int = typer.Option(20, "--random", help="Random circuits of the same size (the baseline)."),
-    ig_steps: int = typer.Option(0, "--ig-steps", help="EAP-IG interpolation steps (0: plain EAP)."),
-    edges: bool = typer.Option(True, "--edges/--no-edges", help="Edge attribution patching over every edge."),
+    prompts: int = typer.Option(_CIRCUIT.prompts, "--prompts", help="Clean/corrupted prompt pairs."),
+    size: int = typer.Option(_CIRCUIT.size, "--size", help="Heads in the circuit (default: every head above --threshold)."),
+    threshold: float = typer.Option(_CIRCUIT.threshold, "--threshold", help="|normalised patching effect| a head needs when --size is not given."),
+    ablation: str = typer.Option(_CIRCUIT.ablation, "--ablation", help="mean | zero | resample"),
+    random_circuits: int = typer.Option(_CIRCUIT.random_circuits, "--random", help="Random circuits of the same size (the baseline)."),
+    ig_steps: int = typer.Option(_CIRCUIT.ig_steps, "--ig-steps", help="EAP-IG interpolation steps (0: plain EAP)."),
+    edges: bool = typer.Option(_CIRCUIT.edges, "--edges/--no-edges", help="Edge attribution patching over every edge."),
     sae_codes: bool = typer.Option(True, "--sae-codes/--no-sae-codes", help="Score heads with per-head SAE codes too."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(_CIRCUIT.seed, "--seed"),
 ) -> None:
     """Find a task's circuit of attention heads and validate it by ablation; write the graph and every number."""
+    from saecircuits.circuits.study import find_and_validate, summary_lines, write_results
     from saecircuits.model import loading as m
-    from saecircuits.circuits.study import CircuitConfig, find_and_validate, summary_lines, write_results
-    from saecircuits.core.config import validate
 
     data = {"task": task, "prompts": prompts, "size": size, "threshold": threshold, "ablation": ablation,
             "random_circuits": random_circuits, "ig_steps": ig_steps, "edges": edges, "seed": seed}
@@ -536,9 +305,9 @@ def circuit_cmd(
         data["sae_codes"] = None
     cfg = validate(CircuitConfig, data, where="circuit")
     lm = m.load(model)
-    results = find_and_validate(lm, None, cfg, progress=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
-    paths = write_results(results, out)
-    for line in summary_lines(results):
+    result = find_and_validate(lm, None, cfg, progress=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
+    paths = write_results(result, out)
+    for line in summary_lines(result):
         Console().print(line, highlight=False)
     console.print(f"written: {', '.join(str(p) for p in paths.values())}")
 

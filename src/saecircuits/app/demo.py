@@ -98,7 +98,8 @@ def train_stage(cfg: DemoConfig, model, out: Path, run: Run) -> dict:
     """TopK SAEs on ``blocks.{L}.hook_resid_post`` for every demo layer, one cached stream."""
     from saecircuits.model import hooks
     from saecircuits.core.config import validate
-    from saecircuits.training.trainer import TrainConfig, train
+    from saecircuits.training.config import TrainConfig
+    from saecircuits.training.run import train
 
     sites = _sites(cfg)
     for s in sites:
@@ -145,9 +146,11 @@ def dashboards_stage(cfg: DemoConfig, model, out: Path, trained: dict, run: Run)
 def matching_stage(cfg: DemoConfig, model, out: Path, trained: dict) -> dict:
     """Every pair of the demo's SAEs, matched by activations over the same text (one forward pass)."""
     from saecircuits.model.hooks import layer_of
-    from saecircuits.matching.outputs import write_match
     from saecircuits.core.files import plain_json
-    from saecircuits.matching.features import MatchConfig, match_saes
+    from saecircuits.matching.activations import match_saes
+    from saecircuits.matching.config import MatchConfig
+    from saecircuits.matching.outputs import write_match
+    from saecircuits.matching.result import MatchResult
     from saecircuits.sae import format as sae_format
 
     def fn(folder: Path) -> dict:
@@ -160,9 +163,9 @@ def matching_stage(cfg: DemoConfig, model, out: Path, trained: dict) -> dict:
                          random_subsets=0)  # the shuffled-pairing null is the test; subsets would triple the time
         result = match_saes(saes, saes, model, cfg=mc, pairs=pairs)  # one suite: every SAE on both sides
         written = write_match(result, folder)
-        return {"files": plain_json(written), "results": plain_json([{k: v for k, v in r.items() if k != "pairs"}
-                                                                for r in result["results"]]),
-                "timing": result["timing"]}
+        match = MatchResult.from_json(result)
+        return {"files": plain_json(written), "results": plain_json([r.to_json(with_pairs=False) for r in match.results]),
+                "timing": match.timing}
 
     return Stage(out, "matching", {"saes": sorted(trained["saes"]), "tokens": cfg.match_tokens, "null": cfg.match_null,
                                    "text": cfg.text}).run(fn)
@@ -185,8 +188,8 @@ def circuit_stage(cfg: DemoConfig, model, out: Path) -> dict:
         paths = circuit.write_results(results, folder)
         for line in circuit.summary_lines(results):
             console.print(f"  {line}")
-        return {"files": {k: str(v) for k, v in paths.items()}, "circuit": results["circuit"],
-                "faithfulness": results["validation"]["faithfulness"], "seconds": results["seconds"]}
+        return {"files": {k: str(v) for k, v in paths.items()}, "circuit": results.circuit.to_json(),
+                "faithfulness": results.validation["faithfulness"], "seconds": results.seconds}
 
     return Stage(out, "circuit", settings).run(fn)
 

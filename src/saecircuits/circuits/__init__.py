@@ -1,1 +1,1 @@
-"""Circuits: tasks, activation patching, ablation, discovery and validation."""
+"""Circuits: tasks and their prompts, the head patching engine, ablation, discovery methods, validation, the study."""

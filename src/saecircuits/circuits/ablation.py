@@ -1,4 +1,4 @@
-"""Ablation of attention heads and validation of a circuit by ablation.
+"""Ablation of attention heads: the values a head's output is replaced by.
 
 Replacement values for a head's ``hook_z`` (per position, so every task keeps one prompt length):
 
@@ -8,11 +8,7 @@ Replacement values for a head's ``hook_z`` (per position, so every task keeps on
 - ``resample``: the corrupted run of another prompt, drawn at random (a seeded permutation);
 - ``patch``: the corrupted run of the same prompt (activation patching).
 
-A circuit (a set of heads) is validated three ways, each with a bootstrap confidence interval over
-prompts: ablating every head outside it (faithfulness, normalised between the full model and
-the model with every head ablated: (m_circuit - m_all) / (m_full - m_all)); ablating the circuit
-itself (the task should break: the same normalisation, near 0); and random circuits of the same
-size as a baseline.
+A circuit is validated with these values in ``validation``.
 """
 
 from __future__ import annotations
@@ -21,8 +17,8 @@ from typing import Literal
 
 import torch
 
-from saecircuits.core.errors import SaecircuitsError
 from saecircuits.circuits.patching import HeadPatcher
+from saecircuits.core.errors import SaecircuitsError
 
 AblationKind = Literal["mean", "zero", "resample", "patch"]
 ABLATIONS = ("mean", "zero", "resample", "patch")
@@ -45,98 +41,3 @@ def ablation_values(patcher: HeadPatcher, kind: str, seed: int = 0) -> torch.Ten
             perm[same] = (perm[same] + 1) % n
         return zc[:, perm]
     raise SaecircuitsError(f"unknown ablation '{kind}'", f"choose one of: {', '.join(ABLATIONS)}")
-
-
-def bootstrap(values: torch.Tensor, stat, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI over prompts (the last dim of ``values``) of ``stat(values[..., idx])``.
-
-    ``stat`` maps [..., n_boot, n] (prompts resampled) to [n_boot].
-    """
-    n = values.shape[-1]
-    if n < 2:
-        v = float(stat(values[..., None, :])[0])
-        return v, v
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(n, (n_boot, n), generator=g)
-    stats = stat(values[..., idx]).double()
-    stats = stats[torch.isfinite(stats)]
-    if len(stats) == 0:
-        return float("nan"), float("nan")
-    lo, hi = torch.quantile(stats, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return float(lo), float(hi)
-
-
-def _normalised(m: torch.Tensor, full: torch.Tensor, none: torch.Tensor) -> torch.Tensor:
-    """(mean m - mean none) / (mean full - mean none) along the last dim."""
-    return (m.mean(-1) - none.mean(-1)) / (full.mean(-1) - none.mean(-1))
-
-
-def random_circuits(n_layers: int, n_heads: int, size: int, count: int, seed: int = 0,
-                    exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """``count`` random head masks with ``size`` heads each: [count, n_layers, n_heads] bool (True = in)."""
-    total = n_layers * n_heads
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(count, total, dtype=torch.bool)
-    for i in range(count):
-        masks[i, torch.randperm(total, generator=g)[:size]] = True
-    return masks.view(count, n_layers, n_heads)
-
-
-def validate_circuit(patcher: HeadPatcher, circuit: torch.Tensor, values: torch.Tensor, n_random: int = 20,
-                     n_boot: int = 1000, seed: int = 0) -> dict:
-    """Faithfulness of ``circuit`` ([n_layers, n_heads] bool, True = in the circuit), its knockout,
-    and random circuits of the same size, each with a bootstrap CI over prompts."""
-    L, H = patcher.n_layers, patcher.n_heads
-    circuit = circuit.bool()
-    size = int(circuit.sum())
-    rand = random_circuits(L, H, size, n_random, seed=seed) if n_random > 0 else torch.zeros(0, L, H, dtype=torch.bool)
-    none = torch.zeros(L, H, dtype=torch.bool)
-    masks = torch.cat([none[None], circuit[None], (~circuit)[None], rand])  # keep-masks
-    runs = patcher.run(masks, values)  # [3 + R, n]
-    full, all_ablated, in_circuit, knocked = patcher.clean_metric, runs[0], runs[1], runs[2]
-    rand_runs = runs[3:]
-    span = float(full.mean() - all_ablated.mean())
-    out: dict = {
-        "size": size, "n_heads_total": L * H, "n_prompts": len(full),
-        "metric": {name: {"mean": float(v.mean()), "ci": list(bootstrap(v, lambda x: x.mean(-1), n_boot, seed))}
-                   for name, v in (("full", full), ("all_ablated", all_ablated), ("circuit", in_circuit),
-                                   ("knockout", knocked))},
-    }
-    if abs(span) < 1e-6:
-        out["warning"] = "ablating every head leaves the metric unchanged: faithfulness is undefined"
-    stacked = torch.stack([full, all_ablated, in_circuit, knocked])  # [4, n]
-
-    def stat(i):
-        return lambda x: _normalised(x[i], x[0], x[1])
-
-    out["faithfulness"] = {"value": float(_normalised(in_circuit, full, all_ablated)),
-                           "ci": list(bootstrap(stacked, stat(2), n_boot, seed))}
-    out["knockout"] = {"value": float(_normalised(knocked, full, all_ablated)),
-                       "ci": list(bootstrap(stacked, stat(3), n_boot, seed))}
-    if len(rand_runs):
-        per_draw = _normalised(rand_runs, full[None], all_ablated[None])  # [R]
-        with_rand = torch.cat([stacked[:2], rand_runs])  # [2 + R, n]
-        out["random"] = {
-            "n_circuits": len(rand_runs),
-            "faithfulness_mean": float(per_draw.mean()),
-            "ci": list(bootstrap(with_rand, lambda x: _normalised(x[2:], x[0][None], x[1][None]).mean(0), n_boot, seed)),
-            "faithfulness_per_circuit": [float(v) for v in per_draw],
-            "share_at_least_circuit": float((per_draw >= out["faithfulness"]["value"]).float().mean()),
-        }
-    return out
-
-
-def faithfulness_by_size(patcher: HeadPatcher, scores: torch.Tensor, sizes: list[int], values: torch.Tensor) -> list[dict]:
-    """Faithfulness and knockout of the top-``size`` heads by |scores|, for each size: one batched run."""
-    order = scores.abs().nan_to_num(0.0).flatten().argsort(descending=True)
-    L, H = patcher.n_layers, patcher.n_heads
-    sizes = sorted({min(max(1, s), L * H) for s in sizes})
-    circuits = torch.zeros(len(sizes), L * H, dtype=torch.bool)
-    for i, s in enumerate(sizes):
-        circuits[i, order[:s]] = True
-    circuits = circuits.view(-1, L, H)
-    runs = patcher.run(torch.cat([torch.zeros(1, L, H, dtype=torch.bool), circuits, ~circuits]), values)
-    full, none = patcher.clean_metric, runs[0]
-    faith = _normalised(runs[1: 1 + len(sizes)], full[None], none[None])
-    knock = _normalised(runs[1 + len(sizes):], full[None], none[None])
-    return [{"size": s, "faithfulness": float(f), "knockout": float(k)} for s, f, k in zip(sizes, faith, knock)]

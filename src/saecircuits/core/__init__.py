@@ -1,1 +1,2 @@
-"""Shared plumbing every stage uses: typed configs, errors, atomic files, progress, run tracking, torch.distributed helpers."""
+"""Shared plumbing every stage uses: typed configs, errors, atomic files, typed JSON records, progress,
+run tracking, torch.distributed helpers."""

@@ -193,6 +193,23 @@ def replace_dir(tmp_dir: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
+@contextlib.contextmanager
+def staged_dir(target: str | Path, prefix: str) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target`` (its name starts with ``prefix``) to write into.
+
+    When the block ends normally the folder is swapped into place whole (``replace_dir``); on any
+    exception, KeyboardInterrupt included, it is removed and ``target`` is left as it was. The
+    parent of ``target`` must exist."""
+    target = Path(target)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def recover_dir(target: str | Path) -> Path:
     """Undo a ``replace_dir`` killed between its two renames: the previous folder is put back in place."""
     target = Path(target)

@@ -1,8 +1,16 @@
-"""The one progress bar of every long stage: tokens done of a total, tokens/s, time left (rich, stderr)."""
+"""How the library tells a person what it is doing, on stderr (rich): the one progress bar of every long
+stage (tokens done of a total, tokens/s, time left) and ``note``, one line about a slow step.
+
+Nothing else in the library prints: results go back to the caller, and tables are drawn by ``app``.
+"""
 
 from __future__ import annotations
 
 import time
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class TokenBar:
@@ -17,9 +25,6 @@ class TokenBar:
         self.enabled = enabled
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.p = Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
                           TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                           console=Console(stderr=True), transient=transient)
@@ -49,3 +54,8 @@ class TokenBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def note(text: str, dim: bool = True) -> None:
+    """One line on stderr about what a slow step is doing (dim, unless ``dim=False``); ``text`` is shown as is."""
+    Console(stderr=True).print(f"[dim]{escape(text)}[/dim]" if dim else escape(text))

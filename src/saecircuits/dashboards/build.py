@@ -19,59 +19,30 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from saecircuits.core.config import Config
+from saecircuits.activations.site import Site
+from saecircuits.activations.store import ModelActivations, site_widths
+from saecircuits.core.config import validate
 from saecircuits.dashboards import html as H
 from saecircuits.dashboards import neuronpedia
+from saecircuits.dashboards.config import DashboardConfig
 from saecircuits.dashboards.stats import STATE_FORMAT, WINDOW_PAD, FeatureStats
-from saecircuits.dashboards.weights import logit_effects, nearest_features, residual_directions
+from saecircuits.dashboards.weights import logit_effects, nearest_features
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, load_tensors, read_json, recover_dir, replace_dir, save_tensors, write_json, write_text
+from saecircuits.core.files import ensure_dir, load_tensors, read_json, recover_dir, save_tensors, staged_dir, write_json, write_text
 from saecircuits.core.progress import TokenBar
 from saecircuits.text.source import TextConfig, TextSource
-from saecircuits.core.tracking import Run, WandbConfig
-
-
-class DashboardConfig(Config):
-    """What to run the SAE over and what to keep per feature."""
-
-    sae: str = Field(..., description="SAE folder (SAELens format)")
-    model: str = "smollm2-135m"
-    text: TextConfig = TextConfig()
-    split: Literal["train", "eval"] = "train"
-    out: str
-    tokens: int = Field(100_000, ge=1, description="context tokens to run (rounded up to whole contexts)")
-    batch_contexts: int = Field(16, ge=1, description="contexts per forward pass")
-    top_k: int = Field(20, ge=1, description="top-activating contexts kept per feature")
-    n_samples: int = Field(32, ge=1, description="contexts sampled per feature for the quantile bands")
-    sample_bands: int = Field(4, ge=1)
-    per_band: int = Field(5, ge=1, description="examples shown per quantile band")
-    window_before: int = Field(12, ge=0)
-    window_after: int = Field(4, ge=0)
-    n_logits: int = Field(10, ge=1)
-    n_neighbours: int = Field(10, ge=1)
-    bins_per_decade: int = Field(32, ge=1, description="activation histogram resolution (log-spaced bins, 1e-4 to 1e4)")
-    checkpoint_every: int = Field(20, ge=1, description="batches between checkpoints of the running statistics")
-    neuronpedia_batch: int = Field(128, ge=1, description="features per Neuronpedia JSON file")
-    wandb: WandbConfig = WandbConfig()
-    wandb_features_per_page: int = Field(64, ge=1)
-    forward: Literal["auto", "transformer_lens"] = "auto"
-    seed: int = 0
-
-    def stats_fields(self) -> dict:
-        """The fields that decide the statistics (a checkpoint made with others is not reused)."""
-        return self.model_dump(mode="json", include={
-            "model", "text", "split", "tokens", "batch_contexts", "top_k", "n_samples", "window_before",
-            "window_after", "bins_per_decade", "forward", "seed"})
+from saecircuits.core.tracking import Run
+from saecircuits.model.loading import fingerprint
+from saecircuits.model.loading import load as load_model
+from saecircuits.sae import format as sae_format
+from saecircuits.sae.directions import residual_directions
 
 
 def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_source: str = "stdlib",
@@ -85,8 +56,6 @@ def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_sour
     the SAE's name instead of starting one. A rerun resumes from the checkpoint in
     ``out_dir`` (``restart=True`` discards it).
     """
-    from saecircuits.core.config import validate
-
     text = settings.pop("text", {})
     text = {"source": text_source, **(text.model_dump() if isinstance(text, TextConfig) else text)}
     data = {"sae": str(sae_dir), "model": model, "text": text, "out": str(out_dir), "tokens": n_tokens,
@@ -96,13 +65,10 @@ def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_sour
 
 
 def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, model=None, wandb_run: Run | None = None) -> dict:
-    from saecircuits.model import loading as models
-    from saecircuits.sae import format as sae_format
-
     started = time.perf_counter()
     sae = sae_format.load(cfg.sae)
     out = ensure_dir(cfg.out)
-    model = model if model is not None else models.load(cfg.model)
+    model = model if model is not None else load_model(cfg.model)
     pass_result = stats_pass(cfg, sae, model, out, restart=restart, progress=progress)
     stats = pass_result["stats"]
     t_weights = time.perf_counter()
@@ -134,8 +100,6 @@ def run(cfg: DashboardConfig, restart: bool = False, progress: bool = True, mode
 
 
 def _fingerprint(cfg: DashboardConfig, sae_dir: str, model) -> str:
-    from saecircuits.model.loading import fingerprint
-
     h = hashlib.sha256()
     h.update(f"{STATE_FORMAT}{sorted(cfg.stats_fields().items())}".encode())
     h.update(fingerprint(model).encode())
@@ -152,20 +116,13 @@ def _new_stats(cfg: DashboardConfig, d_sae: int) -> FeatureStats:
 
 
 def _save_checkpoint(folder: Path, stats: FeatureStats, state: dict) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=folder.parent))
-    try:
+    with staged_dir(folder, ".checkpoint.") as tmp:
         save_tensors(tmp / "stats.safetensors", stats.state_dict())
         write_json(tmp / "state.json", state)
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = False, progress: bool = True) -> dict:
-    """Run the model and the SAE over the text once, in batches; checkpointed and resumable."""
-    from saecircuits.activations.store import ModelActivations, Site, site_widths
-
+def _sae_site(cfg: DashboardConfig, sae, model) -> Site:
+    """The hook site the SAE reads, checked to exist in ``model`` with the SAE's input width."""
     site = Site.parse(sae.cfg.hook)
     try:
         width = site_widths(model, [site])[site.key]
@@ -174,22 +131,35 @@ def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = Fals
     if width != sae.d_in:
         raise SaecircuitsError(f"the SAE in {cfg.sae} takes inputs of width {sae.d_in}, but {sae.cfg.hook} of "
                                f"{model.cfg.model_name} has width {width}", "use the model the SAE was trained on")
+    return site
+
+
+def _resume(folder: Path, fp: str, stats: FeatureStats, restart: bool) -> dict:
+    """The checkpoint in ``folder`` loaded into ``stats`` (discarded first with ``restart``): its state
+    (batches done, exhausted, seconds, done), or a fresh state when there is none."""
+    if restart and folder.exists():
+        shutil.rmtree(folder)
+    if not (folder / "state.json").exists():
+        return {"batches": 0, "exhausted": False, "seconds": 0.0, "done": False}
+    state = read_json(folder / "state.json", what="dashboard checkpoint")
+    if state.get("fingerprint") != fp:
+        raise SaecircuitsError(f"{folder} holds statistics of another run (different SAE, model, text or settings)",
+                               "pass --restart to discard them, or choose another --out")
+    stats.load_state_dict(load_tensors(folder / "stats.safetensors", what="dashboard checkpoint"))
+    return state
+
+
+def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = False, progress: bool = True) -> dict:
+    """Run the model and the SAE over the text once, in batches; checkpointed and resumable."""
+    site = _sae_site(cfg, sae, model)
     acts = ModelActivations(model, [site], forward=cfg.forward)
     stats = _new_stats(cfg, sae.d_sae)
     fp = _fingerprint(cfg, cfg.sae, model)
     folder = recover_dir(out / "checkpoint")  # a kill during the last checkpoint's swap
-    start_batch, exhausted, seconds = 0, False, 0.0
-    if restart and folder.exists():
-        shutil.rmtree(folder)
-    if (folder / "state.json").exists():
-        state = read_json(folder / "state.json", what="dashboard checkpoint")
-        if state.get("fingerprint") != fp:
-            raise SaecircuitsError(f"{folder} holds statistics of another run (different SAE, model, text or settings)",
-                                   "pass --restart to discard them, or choose another --out")
-        stats.load_state_dict(load_tensors(folder / "stats.safetensors", what="dashboard checkpoint"))
-        start_batch, exhausted, seconds = state["batches"], state["exhausted"], state["seconds"]
-        if state["done"]:
-            return {"stats": stats, "resumed_from_batch": start_batch, "exhausted": exhausted, "seconds": seconds}
+    resumed = _resume(folder, fp, stats, restart)
+    start_batch, exhausted, seconds = resumed["batches"], resumed["exhausted"], resumed["seconds"]
+    if resumed["done"]:
+        return {"stats": stats, "resumed_from_batch": start_batch, "exhausted": exhausted, "seconds": seconds}
 
     B, T = cfg.batch_contexts, cfg.text.context_size
     n_batches = math.ceil(math.ceil(cfg.tokens / T) / B)
@@ -349,23 +319,21 @@ def write_outputs(cfg: DashboardConfig, out: Path, summ: dict, weights: dict, st
     run = run or Run(cfg.wandb, out, {**cfg.model_dump(mode="json"), **meta}, job="dashboards")
     key = "dashboards" if own_run else f"dashboards/{meta['sae_name']}"  # a shared run holds several SAEs
     exporter = neuronpedia.Exporter(out / "neuronpedia", strings, meta, cfg.neuronpedia_batch)
-    tmp = Path(tempfile.mkdtemp(prefix=".features.", dir=out))
     rows: list[dict] = []
     try:
-        for start in range(0, d, chunk):
-            views = feature_views(summ, weights, stats, cfg, start, min(start + chunk, d), dead_all)
-            for fv in views:
-                (tmp / f"{fv['id']}.html").write_text(H.feature_page(fv, vis, meta, d), encoding="utf-8")
-            exporter.add(views)
-            if run.run is not None:
-                for g in range(0, len(views), per_page):
-                    group = views[g : g + per_page]
-                    run.html(f"{key}/features_{group[0]['id']:05d}_{group[-1]['id']:05d}", H.group_page(group, vis, meta))
-            rows.extend({k: v[k] for k in ("id", "dead", "density", "fired", "max_act", "mean_act", "top_tokens",
-                                           "pos_logits", "neg_logits", "neighbours")} for v in views)
-        replace_dir(tmp, out / "features")
+        with staged_dir(out / "features", ".features.") as tmp:
+            for start in range(0, d, chunk):
+                views = feature_views(summ, weights, stats, cfg, start, min(start + chunk, d), dead_all)
+                for fv in views:
+                    (tmp / f"{fv['id']}.html").write_text(H.feature_page(fv, vis, meta, d), encoding="utf-8")
+                exporter.add(views)
+                if run.run is not None:
+                    for g in range(0, len(views), per_page):
+                        group = views[g : g + per_page]
+                        run.html(f"{key}/features_{group[0]['id']:05d}_{group[-1]['id']:05d}", H.group_page(group, vis, meta))
+                rows.extend({k: v[k] for k in ("id", "dead", "density", "fired", "max_act", "mean_act", "top_tokens",
+                                               "pos_logits", "neg_logits", "neighbours")} for v in views)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         if own_run:
             run.finish()
         raise

@@ -1,7 +1,8 @@
 """Weight-based feature statistics: logit effects through the unembedding, and decoder neighbours.
 
 Logit effects follow the direct path: a feature's decoder row, mapped into the residual stream
-(through W_O for an attention-output site, W_out for MLP neurons), times the unembedding W_U.
+(``saecircuits.sae.directions.residual_directions``: through W_O for an attention-output site,
+W_out for MLP neurons), times the unembedding W_U.
 TransformerLens's ``fold_ln`` has already folded the final norm's weight into W_U; the norm's
 per-token scale is left out (it rescales every token's logit alike, so it cannot change the
 ranking), as SAEDashboard does. Each row is centred over the vocabulary (softmax ignores a shift),
@@ -11,33 +12,6 @@ so positive values are tokens the feature raises relative to the rest.
 from __future__ import annotations
 
 import torch
-from transformer_lens import HookedTransformer
-
-from saecircuits.model.hooks import layer_of
-from saecircuits.activations.store import Site
-
-RESIDUAL_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
-
-
-def residual_directions(W_dec: torch.Tensor, site: str, model: HookedTransformer) -> torch.Tensor | None:
-    """[d_sae, d_model] decoder directions in the residual stream, or None where the site has no
-    linear path into it (e.g. queries, keys)."""
-    s = Site.parse(site)
-    layer = layer_of(s.hook)
-    d_model = model.cfg.d_model
-    if s.hook.endswith(RESIDUAL_HOOKS) or s.hook in ("hook_embed", "hook_pos_embed"):
-        return W_dec if W_dec.shape[1] == d_model else None
-    if layer is None:
-        return None
-    block = model.blocks[layer]
-    if s.hook.endswith("attn.hook_z"):
-        W_O = block.attn.W_O.detach()  # [n_heads, d_head, d_model]
-        W = W_O[s.head] if s.head is not None else W_O.reshape(-1, d_model)
-        return W_dec @ W if W_dec.shape[1] == W.shape[0] else None
-    if s.hook.endswith("mlp.hook_post") and hasattr(block.mlp, "W_out"):
-        W_out = block.mlp.W_out.detach()
-        return W_dec @ W_out if W_dec.shape[1] == W_out.shape[0] else None
-    return None
 
 
 @torch.inference_mode()

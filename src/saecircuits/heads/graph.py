@@ -34,33 +34,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import networkx as nx
 import torch
-from pydantic import Field
 from transformer_lens import HookedTransformer
 
-from saecircuits.core.config import Config
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import ensure_dir, save_tensors, write_json, write_text
+from saecircuits.heads.config import HeadGraphConfig
 from saecircuits.model.hooks import head_name
+from saecircuits.model.loading import load
 
 KINDS = ("Q", "K", "V")
 CHUNK_BYTES = 256 * 2**20  # bound on the per-edge channel intermediates
 GRAM_BYTES = 1024 * 2**20  # bound on the senders' Gram matrices held at once (receivers' chunks: 1/4 of it)
-
-
-class HeadGraphConfig(Config):
-    """Which edges the graph keeps (all scores are kept in the score arrays regardless)."""
-
-    top_per_receiver: int | None = Field(3, ge=1, description="keep the n best edges of each type into each receiver (None: no limit)")
-    min_z: float | None = Field(None, description="keep only edges with z-score at least this")
-    min_score: float | None = Field(None, ge=0, le=1, description="keep only edges with composition score at least this")
-    rank_by: Literal["z", "z_senders", "score"] = Field("z", description="what top_per_receiver ranks by")
-    null_draws: int = Field(128, ge=2, le=1024, description="random same-spectrum senders per pair for the z-scores")
-    top_channels: int = Field(3, ge=1, description="channels listed on each edge")
-    seed: int = 0
 
 
 @dataclass
@@ -423,8 +410,6 @@ def run(model: str | HookedTransformer, out: str | Path, cfg: HeadGraphConfig | 
     """
     cfg = cfg or HeadGraphConfig()
     if isinstance(model, str):
-        from saecircuits.model.loading import load
-
         model = load(model)
     start = time.perf_counter()
     graph, scores = weight_graph(model, cfg)

@@ -1,6 +1,7 @@
 """Layer-wise analysis: what each layer of a model does.
 
-One module an analysis, each a ``measure``-style function returning a JSON-able dict:
+One module an analysis, each a ``measure``-style function returning a JSON-able dict (the JSON of its
+typed result in ``results``):
 
 - ``lens``: the logit lens (and a tuned lens, ``tuned``) on prompts with answer tokens;
 - ``contributions``: sublayer output norms and cosines relative to the residual stream;
@@ -8,39 +9,28 @@ One module an analysis, each a ``measure``-style function returning a JSON-able 
 - ``probes``: logistic-regression probes on each layer's residual (and on SAE features);
 - ``linearity``: R^2 of one affine map between consecutive layers.
 
-``figures.write(out, name, result)`` writes a result as JSON plus a PNG and PDF figure; the command
-line is ``saecircuits layers MODE``; ``section`` gathers the analyses a circuit report shows.
+``config`` holds every analysis's settings; ``figures.write(out, name, result)`` writes a result as JSON
+plus a PNG and PDF figure; the command line is ``saecircuits layers MODE``; ``section``
+(``report_section``) gathers the analyses a circuit report shows.
 """
 
 from __future__ import annotations
 
-from transformer_lens import HookedTransformer
+import importlib
 
-from saecircuits.layerwise import contributions, linearity, probes, skipping
-from saecircuits.layerwise.lens import logit_lens
-from saecircuits.layerwise.stream import StreamConfig
+from saecircuits.layerwise.config import StreamConfig
 
 __all__ = ["contributions", "linearity", "logit_lens", "probes", "section", "skipping", "StreamConfig"]
 
+_ANALYSES = {"contributions", "linearity", "probes", "skipping"}
+_FUNCTIONS = {"logit_lens": "lens", "section": "report_section"}
 
-def section(model: HookedTransformer, prompts: list[str] | None = None, answers: list[str] | None = None,
-            stream: StreamConfig | None = None, skip_tokens: int = 1024, labelled: probes.Labelled | None = None,
-            out: str | None = None) -> dict:
-    """The layer-analysis section of a circuit report: logit lens on the circuit's prompts (when
-    given), sublayer contributions, skip effects, and probes (when labelled texts are given).
-    With ``out``, each result is also written there as JSON and figures."""
-    from saecircuits.layerwise import figures
 
-    stream = stream or StreamConfig(tokens=8192)
-    results: dict[str, dict] = {}
-    if prompts:
-        results["logit_lens"] = logit_lens(model, prompts, answers or [])
-    results["contributions"] = contributions.measure(model, stream)
-    skip_stream = stream.model_copy(update={"tokens": skip_tokens, "batch_size": min(stream.batch_size, 4)})
-    results["skipping"] = skipping.measure(model, skipping.SkipConfig(stream=skip_stream))
-    if labelled is not None:
-        results["probes"] = probes.measure(model, labelled, probes.ProbeConfig())
-    if out:
-        for name, r in results.items():
-            r["files"] = figures.write(out, name, r)
-    return results
+def __getattr__(name: str):
+    """The analyses on first use: they import the model stack (TransformerLens, seconds), which the
+    command line does not need to read this package's configs (a heavy import kept lazy)."""
+    if name in _ANALYSES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(f"{__name__}.{_FUNCTIONS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

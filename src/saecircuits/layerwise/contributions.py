@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from saecircuits.layerwise.stream import StreamConfig, activations, token_batches
+from saecircuits.layerwise.config import StreamConfig
+from saecircuits.layerwise.results import ContributionsResult, Halves
+from saecircuits.layerwise.stream import activations, token_batches
 
 EPS = 1e-12
 METRICS = ("attn_rel_norm", "mlp_rel_norm", "block_rel_norm", "attn_cos", "mlp_cos", "block_cos")
@@ -32,7 +34,8 @@ def _hooks(model: HookedTransformer) -> list[str]:
 
 @torch.no_grad()
 def measure(model: HookedTransformer, cfg: StreamConfig) -> dict:
-    """Per-layer relative norms and cosines of the attention, MLP and whole-block outputs."""
+    """Per-layer relative norms and cosines of the attention, MLP and whole-block outputs
+    (``ContributionsResult``'s JSON)."""
     n = model.cfg.n_layers
     acts = activations(model, _hooks(model))
     sums = {m: torch.zeros(n, dtype=torch.float64) for m in METRICS}
@@ -57,15 +60,14 @@ def measure(model: HookedTransformer, cfg: StreamConfig) -> dict:
     half = n // 2
     first, second = slice(0, half), slice(half, n)
 
-    def halves(m: str) -> dict:
+    def halves(m: str) -> Halves:
         v = sums[m] / max(count, 1)
-        return {"first_half": float(v[first].mean()), "second_half": float(v[second].mean()),
-                "first_half_median": float(v[first].median()), "second_half_median": float(v[second].median())}
+        return Halves(first_half=float(v[first].mean()), second_half=float(v[second].mean()),
+                      first_half_median=float(v[first].median()), second_half_median=float(v[second].median()))
 
-    return {
-        "analysis": "sublayer_contributions", "model": model.cfg.model_name, "layers": list(range(n)),
-        "tokens": count, "text": cfg.text.model_dump(mode="json"),
-        "by_layer": {**means, "resid_norm": (resid_norm / max(count, 1)).tolist()},
-        "halves": {m: halves(m) for m in means},
-        "second_half_contributes_less": bool(halves("block_rel_norm")["second_half"] < halves("block_rel_norm")["first_half"]),
-    }
+    return ContributionsResult(
+        model=model.cfg.model_name, layers=list(range(n)), tokens=count, text=cfg.text.model_dump(mode="json"),
+        by_layer={**means, "resid_norm": (resid_norm / max(count, 1)).tolist()},
+        halves={m: halves(m) for m in means},
+        second_half_contributes_less=bool(halves("block_rel_norm").second_half < halves("block_rel_norm").first_half),
+    ).to_json()

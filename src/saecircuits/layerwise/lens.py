@@ -10,13 +10,18 @@ first depth where the answer is top-1, and the first depth from which it stays t
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import torch
 from transformer_lens import HookedTransformer
-from transformer_lens.utils import apply_softcap
 
+from saecircuits.circuits import tasks
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.layerwise.results import DepthSummary, LensByLayer, LensResult, PromptReading
 from saecircuits.layerwise.stream import stream_labels
 from saecircuits.layerwise.tuned import TunedLens
+from saecircuits.model.unembed import unembed_normed
 
 
 def answer_token(model: HookedTransformer, answer: str | int) -> tuple[int, str]:
@@ -44,8 +49,8 @@ def _first_stable(flags: list[bool]) -> int | None:
 
 
 @torch.no_grad()
-def lens_prompt(model: HookedTransformer, prompt: str | torch.Tensor, answer: str | int,
-                lens: TunedLens | None = None, wrong: list[int] | None = None, layer_chunk: int = 8) -> dict:
+def read_prompt(model: HookedTransformer, prompt: str | torch.Tensor, answer: str | int,
+                lens: TunedLens | None = None, wrong: list[int] | None = None, layer_chunk: int = 8) -> PromptReading:
     """Logit-lens (or tuned-lens) readings of one prompt; see the module docstring.
 
     ``prompt``: text (BOS prepended as the model does by default) or a [pos] / [1, pos] token tensor.
@@ -65,7 +70,7 @@ def lens_prompt(model: HookedTransformer, prompt: str | torch.Tensor, answer: st
     ranks, probs, top1, diffs = [], [], [], []
     for lo in range(0, n + 1, layer_chunk):  # bounded memory: [chunk, pos, vocab] logits at a time
         part = stack[lo : lo + layer_chunk, 0]
-        logits = apply_softcap(model.unembed(part), model.cfg.output_logits_soft_cap)
+        logits = unembed_normed(model, part)  # the stack went through the final norm above
         ranks.append((logits > logits[..., ans : ans + 1]).sum(-1))
         probs.append(logits.softmax(-1)[..., ans])
         top1.append(logits[:, -1].argmax(-1))
@@ -75,23 +80,31 @@ def lens_prompt(model: HookedTransformer, prompt: str | torch.Tensor, answer: st
     is_top = (rank[:, -1] == 0).tolist()
     first, stable = _first(is_top), _first_stable(is_top)
     labels = stream_labels(model)
-    return {
-        "prompt": model.tokenizer.decode(tokens[0]) if not isinstance(prompt, str) else prompt,
-        "tokens": [model.tokenizer.decode([t]) for t in tokens[0].tolist()],
-        "answer": ans_text, "answer_id": ans,
-        "rank": rank.tolist(), "prob": prob.tolist(),
-        "top1_last": [model.tokenizer.decode([t]) for t in top.tolist()],
-        "final_correct": bool(is_top[-1]),
-        "first_top1": labels[first] if first is not None else None,
-        "stable_top1": labels[stable] if stable is not None else None,
-        "first_top1_index": first, "stable_top1_index": stable,
-        **({"logit_diff": torch.cat(diffs).tolist(), "wrong": [model.tokenizer.decode([w]) for w in wrong]} if wrong else {}),
-    }
+    return PromptReading(
+        prompt=model.tokenizer.decode(tokens[0]) if not isinstance(prompt, str) else prompt,
+        tokens=[model.tokenizer.decode([t]) for t in tokens[0].tolist()],
+        answer=ans_text, answer_id=ans,
+        rank=rank.tolist(), prob=prob.tolist(),
+        top1_last=[model.tokenizer.decode([t]) for t in top.tolist()],
+        final_correct=bool(is_top[-1]),
+        first_top1=labels[first] if first is not None else None,
+        stable_top1=labels[stable] if stable is not None else None,
+        first_top1_index=first, stable_top1_index=stable,
+        logit_diff=torch.cat(diffs).tolist() if wrong else None,
+        wrong=[model.tokenizer.decode([w]) for w in wrong] if wrong else None,
+    )
+
+
+def lens_prompt(model: HookedTransformer, prompt: str | torch.Tensor, answer: str | int,
+                lens: TunedLens | None = None, wrong: list[int] | None = None, layer_chunk: int = 8) -> dict:
+    """``read_prompt``'s reading as JSON (a ``PromptReading``)."""
+    return read_prompt(model, prompt, answer, lens, wrong, layer_chunk).to_json()
 
 
 def logit_lens(model: HookedTransformer, prompts: list[str] | list[torch.Tensor], answers: list[str | int],
                lens: TunedLens | None = None, wrong: list[list[int]] | None = None, source: str | None = None) -> dict:
-    """The lens over a prompt set: per-prompt readings and, at the last position, per-depth summaries.
+    """The lens over a prompt set: per-prompt readings and, at the last position, per-depth summaries
+    (``LensResult``'s JSON).
 
     ``prompts``: texts or token tensors; ``answers``: texts or token ids; ``wrong``: per prompt, the
     competing token ids (adds the mean logit difference per depth)."""
@@ -99,46 +112,42 @@ def logit_lens(model: HookedTransformer, prompts: list[str] | list[torch.Tensor]
         raise SaecircuitsError(f"{len(prompts)} prompts but {len(answers)} answers; give one answer per prompt")
     if not len(prompts):
         raise SaecircuitsError("no prompts for the logit lens", "pass --prompt/--answer, a CSV of prompt,answer, or a task")
-    per = [lens_prompt(model, p, a, lens, wrong[i] if wrong else None) for i, (p, a) in enumerate(zip(prompts, answers))]
+    per = [read_prompt(model, p, a, lens, wrong[i] if wrong else None) for i, (p, a) in enumerate(zip(prompts, answers))]
     labels = stream_labels(model)
-    last_rank = torch.tensor([[r[-1] for r in p["rank"]] for p in per], dtype=torch.float64)  # [prompts, depth]
-    last_prob = torch.tensor([[q[-1] for q in p["prob"]] for p in per], dtype=torch.float64)
-    firsts = [p["first_top1_index"] for p in per if p["first_top1_index"] is not None]
-    stables = [p["stable_top1_index"] for p in per if p["stable_top1_index"] is not None]
-    return {
-        "analysis": "tuned_lens" if lens is not None else "logit_lens",
-        "model": model.cfg.model_name, "layers": labels, "n_prompts": len(per), "source": source,
-        "final_accuracy": sum(p["final_correct"] for p in per) / len(per),
-        "by_layer": {
-            "mean_prob": last_prob.mean(0).tolist(),
-            "median_rank": last_rank.median(0).values.tolist(),
-            "mean_log_rank": torch.log1p(last_rank).mean(0).tolist(),
-            "top1_fraction": (last_rank == 0).double().mean(0).tolist(),
-            **({"mean_logit_diff": torch.tensor([p["logit_diff"] for p in per]).mean(0).tolist()} if wrong else {}),
-        },
-        "first_top1": _index_summary(firsts, labels, len(per)),
-        "stable_top1": _index_summary(stables, labels, len(per)),
-        "prompts": per,
-    }
+    last_rank = torch.tensor([[r[-1] for r in p.rank] for p in per], dtype=torch.float64)  # [prompts, depth]
+    last_prob = torch.tensor([[q[-1] for q in p.prob] for p in per], dtype=torch.float64)
+    firsts = [p.first_top1_index for p in per if p.first_top1_index is not None]
+    stables = [p.stable_top1_index for p in per if p.stable_top1_index is not None]
+    return LensResult(
+        analysis="tuned_lens" if lens is not None else "logit_lens",
+        model=model.cfg.model_name, layers=labels, n_prompts=len(per), source=source,
+        final_accuracy=sum(p.final_correct for p in per) / len(per),
+        by_layer=LensByLayer(
+            mean_prob=last_prob.mean(0).tolist(),
+            median_rank=last_rank.median(0).values.tolist(),
+            mean_log_rank=torch.log1p(last_rank).mean(0).tolist(),
+            top1_fraction=(last_rank == 0).double().mean(0).tolist(),
+            mean_logit_diff=torch.tensor([p.logit_diff for p in per]).mean(0).tolist() if wrong else None,
+        ),
+        first_top1=_index_summary(firsts, labels, len(per)),
+        stable_top1=_index_summary(stables, labels, len(per)),
+        prompts=per,
+    ).to_json()
 
 
-def _index_summary(idx: list[int], labels: list[str], n: int) -> dict:
+def _index_summary(idx: list[int], labels: list[str], n: int) -> DepthSummary:
     """Where the answer became top-1: median depth and a histogram, over prompts where it did."""
     if not idx:
-        return {"n": 0, "of": n, "median": None, "median_label": None, "histogram": {}}
+        return DepthSummary(n=0, of=n, median=None, median_label=None, histogram={})
     med = int(torch.tensor(idx, dtype=torch.float64).median())
     hist: dict[str, int] = {}
     for i in idx:
         hist[labels[i]] = hist.get(labels[i], 0) + 1
-    return {"n": len(idx), "of": n, "median": med, "median_label": labels[med],
-            "mean": sum(idx) / len(idx), "histogram": hist}
+    return DepthSummary(n=len(idx), of=n, median=med, median_label=labels[med], mean=sum(idx) / len(idx), histogram=hist)
 
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
     """Prompts and answers from a CSV with a header and columns ``prompt`` and ``answer``."""
-    import csv
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
         raise SaecircuitsError(f"prompt CSV {p} does not exist")
@@ -154,8 +163,6 @@ def read_prompts(path: str) -> tuple[list[str], list[str]]:
 
 def task_prompts(model: HookedTransformer, name: str, n: int = 32, seed: int = 0) -> dict:
     """Clean prompts of a circuit task (``saecircuits.circuits.tasks``) as ``logit_lens`` arguments."""
-    from saecircuits.circuits import tasks
-
     task = tasks.build(name, model, n=n, seed=seed)
     if task.positions != (-1,):
         raise SaecircuitsError(f"task {name} reads more than the last position; the lens needs one answer token per prompt")

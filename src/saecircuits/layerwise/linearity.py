@@ -14,23 +14,13 @@ and least linear token strings.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from transformer_lens import HookedTransformer
 
-from saecircuits.core.config import Config
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.layerwise.stream import StreamConfig, activations, stream_hooks, stream_labels, token_batches
-
-
-class LinearityConfig(Config):
-    stream: StreamConfig = StreamConfig(tokens=16_384)
-    eval_tokens: int = Field(4096, ge=2, description="held-out tokens (the text's eval split)")
-    normalize: Literal["token", "none"] = "token"
-    ridge: float = Field(1e-6, ge=0, description="ridge, relative to the mean diagonal of X^T X")
-    top_tokens: int = Field(15, ge=0, description="most and least linear token strings to report")
+from saecircuits.layerwise.config import LinearityConfig
+from saecircuits.layerwise.results import LinearityResult, TokenNonlinearity, TokenTable
+from saecircuits.layerwise.stream import activations, stream_hooks, stream_labels, token_batches
 
 
 class LinearFit:
@@ -106,7 +96,7 @@ def _norm(x: torch.Tensor, how: str) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(model: HookedTransformer, cfg: LinearityConfig) -> dict:
-    """R^2 of the best affine map from each depth to the next, in-sample and held out."""
+    """R^2 of the best affine map from each depth to the next, in-sample and held out (``LinearityResult``'s JSON)."""
     hooks = stream_hooks(model)
     n_pairs, d = len(hooks) - 1, model.cfg.d_model
     acts = activations(model, hooks)
@@ -140,22 +130,22 @@ def measure(model: HookedTransformer, cfg: LinearityConfig) -> dict:
     per_tok = (errs / torch.tensor([h.sst / h.n for h in held], dtype=torch.float64)).mean(1)  # [kept]
     labels = stream_labels(model)
     few = n_train < 4 * (d + 1)
-    return {
-        **({"warning": f"{n_train} training tokens for {d + 1} coefficients per output: the fit is close to "
-                       "interpolating, so in-sample R^2 is inflated and held-out R^2 unstable; use --tokens of at "
-                       f"least {8 * (d + 1):,}"} if few else {}),
-        "analysis": "layer_linearity", "model": model.cfg.model_name, "normalize": cfg.normalize,
-        "pairs": [f"{labels[s]}->{labels[s + 1]}" for s in range(n_pairs)], "layers": labels[1:],
-        "train_tokens": n_train, "eval_tokens": held[0].n, "text": cfg.stream.text.model_dump(mode="json"),
-        "r2_in_sample": [f.r2_in_sample() for f in fits],
-        "r2_held_out": [h.r2() for h in held],
-        "tokens": _token_table(model, torch.cat(tok_rows), per_tok, cfg.top_tokens),
-        "note": "pair a->b is the map computed by block b; held out: the text's eval split"
+    return LinearityResult(
+        warning=f"{n_train} training tokens for {d + 1} coefficients per output: the fit is close to "
+                "interpolating, so in-sample R^2 is inflated and held-out R^2 unstable; use --tokens of at "
+                f"least {8 * (d + 1):,}" if few else None,
+        model=model.cfg.model_name, normalize=cfg.normalize,
+        pairs=[f"{labels[s]}->{labels[s + 1]}" for s in range(n_pairs)], layers=labels[1:],
+        train_tokens=n_train, eval_tokens=held[0].n, text=cfg.stream.text.model_dump(mode="json"),
+        r2_in_sample=[f.r2_in_sample() for f in fits],
+        r2_held_out=[h.r2() for h in held],
+        tokens=_token_table(model, torch.cat(tok_rows), per_tok, cfg.top_tokens),
+        note="pair a->b is the map computed by block b; held out: the text's eval split"
         if split == "eval" else "no eval split (eval_fraction 0): held out is the start of the train split",
-    }
+    ).to_json()
 
 
-def _token_table(model: HookedTransformer, toks: torch.Tensor, err: torch.Tensor, k: int, min_count: int = 3) -> dict:
+def _token_table(model: HookedTransformer, toks: torch.Tensor, err: torch.Tensor, k: int, min_count: int = 3) -> TokenTable:
     """The token strings with the highest and lowest mean nonlinearity (seen at least ``min_count`` times)."""
     uniq, inv = toks.unique(return_inverse=True)
     count = torch.bincount(inv, minlength=len(uniq))
@@ -163,9 +153,9 @@ def _token_table(model: HookedTransformer, toks: torch.Tensor, err: torch.Tensor
     ok = (count >= min_count).nonzero().squeeze(1)
     order = ok[mean[ok].argsort(descending=True)]
 
-    def rows(idx: torch.Tensor) -> list[dict]:
-        return [{"token": model.tokenizer.decode([int(uniq[i])]), "count": int(count[i]), "nonlinearity": float(mean[i])}
-                for i in idx.tolist()]
+    def rows(idx: torch.Tensor) -> list[TokenNonlinearity]:
+        return [TokenNonlinearity(token=model.tokenizer.decode([int(uniq[i])]), count=int(count[i]),
+                                  nonlinearity=float(mean[i])) for i in idx.tolist()]
 
-    return {"mean_nonlinearity": float(err.mean()), "most_nonlinear": rows(order[:k]),
-            "most_linear": rows(order.flip(0)[:k])}
+    return TokenTable(mean_nonlinearity=float(err.mean()), most_nonlinear=rows(order[:k]),
+                      most_linear=rows(order.flip(0)[:k]))

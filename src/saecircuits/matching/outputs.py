@@ -19,14 +19,23 @@ import networkx as nx
 import numpy as np
 
 from saecircuits.core.files import ensure_dir, read_json, save_figure, write_bytes, write_json, write_text
+from saecircuits.matching.result import MatchedPair, MatchResult
+from saecircuits.matching.similarity import similarity_matrix
 
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.~" else "_" for c in name)
 
 
-def _pair_folder(out: Path, a: str, b: str) -> Path:
-    return out / "pairs" / f"{_safe(a)}__{_safe(b)}"
+def pair_name(a: str, b: str) -> str:
+    """``<a>__<b>``, each SAE name with characters other than letters, digits and ``-_.~`` made ``_``:
+    the name of a pair's folder (pairs/<a>__<b>) and of a weight matching's files."""
+    return f"{_safe(a)}__{_safe(b)}"
+
+
+def pair_folder(out: Path, a: str, b: str) -> Path:
+    """The folder of one (A, B) pair of an activation matching written to ``out``."""
+    return out / "pairs" / pair_name(a, b)
 
 
 def write_table(rows: list[dict], stem: Path) -> list[Path]:
@@ -57,7 +66,8 @@ def write_graph(graph: nx.DiGraph, stem: Path) -> list[Path]:
 
 
 def histogram_figure(values: list[float], stem: Path, title: str, xlabel: str = "matched r") -> list[Path]:
-    import matplotlib
+    """A histogram of matched scores on [-0.2, 1] (``stem``.png and .pdf)."""
+    import matplotlib  # lazy: a heavy import only figures need, and the backend must be set before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -73,7 +83,7 @@ def histogram_figure(values: list[float], stem: Path, title: str, xlabel: str = 
 
 def heatmap_figure(matrix: dict, stem: Path, title: str) -> list[Path]:
     """A heatmap of ``similarity.similarity_matrix`` output; cells show the value (and * if p < 0.01)."""
-    import matplotlib
+    import matplotlib  # lazy: a heavy import only figures need, and the backend must be set before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -101,24 +111,21 @@ def draw_heatmap(ax, matrix: dict, title: str) -> None:
 
 
 def write_match(result: dict, out: str | Path, heatmaps: tuple[str, ...] = ("mean_r", "share_r_gt_0.7", "svcca", "cka")) -> dict:
-    """Write an activation-matching result (``matching.match_saes``); returns {what: path}."""
-    from saecircuits.matching.similarity import similarity_matrix
-
+    """Write an activation-matching result (``matching.match_saes``, a ``MatchResult`` as JSON); returns {what: path}."""
+    match = MatchResult.from_json(result)
     out = ensure_dir(out)
     written: dict = {"pairs": {}}
-    for r in result["results"]:
-        folder = _pair_folder(out, r["a"], r["b"])
-        write_table(r["pairs"], folder / "table")
-        write_json(folder / "summary.json", {k: v for k, v in r.items() if k != "pairs"})
-        histogram_figure([p["r"] for p in r["pairs"] if p["kept"]], folder / "r_hist",
-                         f"{r['a']} vs {r['b']}: {r['method']}, kept pairs")
-        written["pairs"][f"{r['a']}__{r['b']}"] = str(folder)
-    brief = {k: v for k, v in result.items() if k != "results"}
-    brief["results"] = [{k: v for k, v in r.items() if k != "pairs"} for r in result["results"]]
+    for r in match.results:
+        folder = pair_folder(out, r.a, r.b)
+        write_table([p.to_json() for p in r.pairs], folder / "table")
+        write_json(folder / "summary.json", r.to_json(with_pairs=False))
+        histogram_figure([p.r for p in r.pairs if p.kept], folder / "r_hist", f"{r.a} vs {r.b}: {r.method}, kept pairs")
+        written["pairs"][f"{r.a}__{r.b}"] = str(folder)
+    brief = match.to_json(with_pairs=False)
     written["match"] = str(write_json(out / "match.json", brief))
-    if len(result["results"]) > 1:
+    if len(match.results) > 1:
         for value in heatmaps:
-            m = similarity_matrix(result["results"], value=value)
+            m = similarity_matrix(brief["results"], value=value)
             if any(v is not None for row in m["values"] for v in row):
                 write_json(out / f"similarity_{value}.json", m)
                 heatmap_figure(m, out / f"similarity_{value}", f"{value} ({m['source']})" if m["p_values"] else value)
@@ -127,15 +134,17 @@ def write_match(result: dict, out: str | Path, heatmaps: tuple[str, ...] = ("mea
 
 
 def read_match(out: str | Path) -> dict:
-    """The matching result ``write_match`` wrote to ``out``: match.json with each pair's table put back."""
+    """The matching result ``write_match`` wrote to ``out`` (as ``match_saes`` returned it): match.json with
+    each pair's table put back."""
     out = Path(out)
-    result = read_json(out / "match.json", "matching result")
-    for r in result["results"]:
-        r["pairs"] = read_table(_pair_folder(out, r["a"], r["b"]) / "table.json")
-    return result
+    match = MatchResult.from_json(read_json(out / "match.json", "matching result"))
+    for r in match.results:
+        r.pairs = [MatchedPair.from_json(p) for p in read_table(pair_folder(out, r.a, r.b) / "table.json")]
+    return match.to_json()
 
 
 def write_weight_match(result: dict, out: str | Path, name: str) -> dict:
+    """One weight matching (``weights.weight_match``): ``name``_table.csv|json, _summary.json, _cos_hist.png|pdf."""
     out = ensure_dir(out)
     write_table(result["pairs"], out / f"{name}_table")
     write_json(out / f"{name}_summary.json", {k: v for k, v in result.items() if k != "pairs"})
@@ -143,7 +152,19 @@ def write_weight_match(result: dict, out: str | Path, name: str) -> dict:
     return {"table": str(out / f"{name}_table.csv")}
 
 
+def write_weight_summaries(rows: list[dict], out: Path) -> dict:
+    """weights.json, one {"a", "b", "summary"} per weight-matched SAE pair, and with several pairs the
+    SAE x SAE heatmap of the mean matched decoder cosine (similarity_mean_cos.json|png|pdf)."""
+    write_json(out / "weights.json", rows)
+    if len(rows) > 1:
+        m = similarity_matrix(rows, value="mean_cos")
+        write_json(out / "similarity_mean_cos.json", m)
+        heatmap_figure(m, out / "similarity_mean_cos", "mean matched decoder cosine")
+    return {"weights": str(out / "weights.json")}
+
+
 def write_chains(result: dict, out: str | Path) -> dict:
+    """Feature chains (``weights.feature_chains``): chains_table.csv|json, chains_graph.graphml|json, chains_summary.json."""
     out = ensure_dir(out)
     names = result["names"]
     rows = []
@@ -159,6 +180,7 @@ def write_chains(result: dict, out: str | Path) -> dict:
 
 
 def write_flow(result: dict, out: str | Path) -> dict:
+    """Feature flow (``flow.feature_flow``): flow_table, flow_graph, flow_summary.json and the origin-share heatmap."""
     out = ensure_dir(out)
     write_table(result["rows"], out / "flow_table")
     write_graph(result["graph"], out / "flow_graph")
@@ -173,125 +195,3 @@ def write_flow(result: dict, out: str | Path) -> dict:
 def read_table(path: str | Path) -> list[dict]:
     """A table ``write_table`` wrote (its .json)."""
     return read_json(path, "matching table")
-
-
-# ------------------------------------------------------------------ the `saecircuits match` command
-
-
-def _load_saes(folders: list[str]) -> dict:
-    from saecircuits.matching.features import sae_names
-    from saecircuits.sae import format as sae_format
-
-    return {n: sae_format.load(f) for n, f in zip(sae_names(folders), folders, strict=True)}
-
-
-def _model_name(saes: dict, given: str | None, side: str) -> str:
-    if given:
-        return given
-    names = {(s.metadata or {}).get("model_name") for s in saes.values()}
-    names.discard(None)
-    if len(names) != 1:
-        from saecircuits.core.errors import SaecircuitsError
-
-        raise SaecircuitsError(f"cannot tell the model of the {side} SAEs from their cfg.json ({sorted(names) or 'none named'})",
-                               f"pass --model{'' if side == 'A' else '-b'} NAME")
-    return names.pop()
-
-
-def run_match_command(sae_a: list[str], sae_b: list[str], out: str, mode: str = "activations", model: str | None = None,
-                      model_b: str | None = None, settings: dict | None = None, min_cos: float = 0.5,
-                      flow_direction: str = "decoder", console=None, align_to: str | None = None) -> dict:
-    """What ``saecircuits match`` does: load SAE folders (and models when needed), match, write, print."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from saecircuits.matching import features as matching
-    from saecircuits.core.config import validate
-    from saecircuits.core.errors import SaecircuitsError
-
-    console = console or Console()
-    modes = ("activations", "weights", "chains", "flow")
-    if mode not in modes:
-        raise SaecircuitsError(f"--mode must be one of {', '.join(modes)}, got {mode!r}")
-    cfg = validate(matching.MatchConfig, settings or {}, where="match")
-    if flow_direction not in ("decoder", "encoder"):
-        raise SaecircuitsError(f"--flow-direction must be decoder or encoder, got {flow_direction!r}")
-    saes_a = _load_saes(sae_a)
-    saes_b = _load_saes(sae_b) if sae_b else {}
-    if mode in ("activations", "weights") and not saes_b:
-        raise SaecircuitsError(f"--mode {mode} compares two sides: give at least one --sae-b")
-    if set(saes_a) & set(saes_b):
-        saes_b = {f"{n}(b)" if n in saes_a else n: s for n, s in saes_b.items()}
-    out_dir = ensure_dir(out)
-    written: dict = {}
-    if mode == "activations":
-        from saecircuits.model import loading as models
-
-        name_a = _model_name(saes_a, model, "A")
-        name_b = model_b or (name_a if model else _model_name(saes_b, None, "B"))
-        spec_a, spec_b = models.offline_model(name_a), models.offline_model(name_b)
-        same = (spec_a is not None and spec_a == spec_b) or name_a == name_b
-        if align_to and not same:
-            raise SaecircuitsError("--align-to is for same-model pairs; with --model-b the text is aligned to that model already",
-                                   "drop --align-to, or give SAEs of one model on both sides")
-        lm_a = models.load(name_a)
-        lm_b = None if same else models.load(name_b)
-        result = matching.match_saes(saes_a, saes_b, lm_a, lm_b, cfg, align_to=models.load(align_to) if align_to else None)
-        written = write_match(result, out_dir)
-        t = Table(title=f"activation matching ({cfg.method}), {result['timing']['tokens']:,} tokens")
-        for col in ("A", "B", "alive A/B", "pairs", "mean r", "r>0.7", "kept", "SVCCA (p)", "CKA (p)"):
-            t.add_column(col, justify="left" if col in ("A", "B") else "right")
-        for r in result["results"]:
-            s, dec = r["summary"], r["similarity"].get("decoder", {})
-
-            def fmt(m):
-                return f"{dec[m]['score']:.3f} ({dec[m]['p_value']:.3g})" if m in dec else "-"
-
-            t.add_row(r["a"], r["b"], f"{s['alive_a']}/{s['alive_b']}", str(s["n_pairs"]), f"{s['mean_r']:.3f}",
-                      f"{s['share_r_gt_0.7']:.3f}", str(s["n_kept"]), fmt("svcca"), fmt("cka"))
-        console.print(t)
-    elif mode == "weights":
-        rows = []
-        for a, sa in saes_a.items():
-            for b, sb in saes_b.items():
-                res = matching.weight_match(sa, sb, cfg.method)
-                write_weight_match(res, out_dir, f"{_safe(a)}__{_safe(b)}")
-                rows.append({"a": a, "b": b, "summary": res["summary"]})
-        write_json(out_dir / "weights.json", rows)
-        written["weights"] = str(out_dir / "weights.json")
-        if len(rows) > 1:
-            from saecircuits.matching.similarity import similarity_matrix
-
-            m = similarity_matrix(rows, value="mean_cos")
-            write_json(out_dir / "similarity_mean_cos.json", m)
-            heatmap_figure(m, out_dir / "similarity_mean_cos", "mean matched decoder cosine")
-        t = Table(title=f"weight matching ({cfg.method}, folded decoders)")
-        for col in ("A", "B", "pairs", "mean cos", "cos>0.7", "cos>0.9"):
-            t.add_column(col)
-        for r in rows:
-            s = r["summary"]
-            t.add_row(r["a"], r["b"], str(s["n_pairs"]), f"{s['mean_cos']:.3f}", f"{s['share_cos_gt_0.7']:.3f}", f"{s['share_cos_gt_0.9']:.3f}")
-        console.print(t)
-    elif mode == "chains":
-        suite = {**saes_a, **saes_b}
-        res = matching.feature_chains(list(suite.values()), list(suite), min_cos=min_cos, method=cfg.method)
-        written = write_chains(res, out_dir)
-        console.print("chain survival (share of features still linked after s steps): "
-                      + ", ".join(f"{s}: {v:.3f}" for s, v in enumerate(res["survival"])))
-    else:
-        suite = {**saes_a, **saes_b}
-        lm = None
-        if any(s.cfg.hook.split(":")[0].endswith("attn.hook_z") for s in suite.values()):
-            from saecircuits.model import loading as models
-
-            lm = models.load(_model_name(suite, model, "A"))
-        res = matching.feature_flow(suite, lm, flow_direction, min_cos)
-        written = write_flow(res, out_dir)
-        t = Table(title=f"feature flow ({flow_direction} directions, min cos {min_cos})")
-        kinds = sorted({k for s in res["origin_shares"].values() for k in s if k != "sources"})
-        for col in ["SAE", *kinds]:
-            t.add_column(col)
-        for name, s in res["origin_shares"].items():
-            t.add_row(name, *[f"{s.get(k, 0.0):.3f}" for k in kinds])
-        console.print(t)
-    return written

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 import time
+from itertools import permutations
 from typing import Literal
 
 import numpy as np
 import scipy.linalg
 import torch
-from scipy.stats import rankdata
+from scipy.stats import rankdata, spearmanr
 
 from saecircuits.core.errors import SaecircuitsError
 
@@ -384,10 +385,6 @@ def depth_alignment(matrix: dict, depth_rows: dict[str, float], depth_cols: dict
     p-value over orderings of the rows (all of them when rows! <= ``max_permutations``; the smallest
     possible p is 1 / rows!, 1/24 for a 4 x 4 matrix).
     """
-    from itertools import permutations
-
-    from scipy.stats import spearmanr
-
     rows, cols = matrix["rows"], matrix["cols"]
     M = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix["values"]])
     if np.isnan(M).any() or min(M.shape) < 2:

@@ -1,1 +1,2 @@
-"""The language model: loading (offline packages, cache, hub), TransformerLens hook names, the lean forward, unembedding."""
+"""The language model: loading (offline packages, cache, hub), TransformerLens hook names, the lean forward,
+unembedding, and freezing its weights."""

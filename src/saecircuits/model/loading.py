@@ -20,7 +20,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
 import socket
 import tempfile
 from collections.abc import Callable
@@ -31,7 +30,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import load_tensors, replace_dir, save_tensors, write_json
+from saecircuits.core.files import load_tensors, save_tensors, staged_dir, write_json
+from saecircuits.core.progress import note
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_FORMAT = 1
@@ -228,12 +228,9 @@ def _hooked_from_hf(hf, tok, model_name: str, tl_config: str | None, dtype: torc
 
 def _convert_offline(spec: OfflineModel, folder: Path) -> None:
     """GGUF -> Hugging Face -> HookedTransformer -> safetensors cache folder, written atomically."""
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[dim]converting {spec.name} from its GGUF file once (30-100 s); later loads use {folder}[/dim]")
+    note(f"converting {spec.name} from its GGUF file once (30-100 s); later loads use {folder}")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=folder.parent))
-    try:
+    with staged_dir(folder, f".{spec.name}.") as tmp:
         hf, tok = _hf_from_gguf(spec.locate_gguf(tmp))
         model = _hooked_from_hf(hf, tok, spec.name, spec.tl_config, torch.float32)
         del hf
@@ -247,10 +244,6 @@ def _convert_offline(spec: OfflineModel, folder: Path) -> None:
             {"format": CACHE_FORMAT, "name": spec.name, "hf_name": spec.hf_name, "distribution": spec.distribution,
              "version": importlib.metadata.version(spec.distribution), "doc_separator": spec.doc_separator},
         )
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _cache_complete(folder: Path) -> bool:

@@ -16,8 +16,10 @@ import json
 import os
 from pathlib import Path
 
-from saecircuits.core.files import ensure_dir, write_json
+from saecircuits.core.files import ensure_dir, plain_json, write_json
+from saecircuits.report import figures, render, tables
 from saecircuits.report.collect import collect, load_results
+from saecircuits.report.render import headline
 
 __all__ = ["collect", "load_results", "log_report", "regenerate", "report_run", "write_report"]
 
@@ -25,8 +27,6 @@ __all__ = ["collect", "load_results", "log_report", "regenerate", "report_run", 
 def _plain(results: dict) -> dict:
     """The results exactly as results.json holds them (strict JSON), so a first write and a regeneration
     from the file draw the same figures."""
-    from saecircuits.core.files import plain_json
-
     return json.loads(json.dumps(plain_json(results), allow_nan=False))
 
 
@@ -34,8 +34,6 @@ def write_report(results: dict, out_dir: str | Path, run=None) -> dict:
     """Write the report of ``results`` into ``out_dir``; returns {what: path(s)}.
 
     ``run``: a ``saecircuits.core.tracking.Run``; the figures (``run.image``) and tables (``run.table``) are logged to it."""
-    from saecircuits.report import figures, render, tables
-
     out = ensure_dir(out_dir)
     results = _plain(results)
     paths: dict = {"results": write_json(out / "results.json", results)}
@@ -50,8 +48,6 @@ def write_report(results: dict, out_dir: str | Path, run=None) -> dict:
 
 def log_report(run, results: dict, figure_paths: dict, table_list: list) -> None:
     """Log the report's figures (``run.image``), tables (``run.table``) and headline numbers to a W&B run."""
-    from saecircuits.report.render import headline
-
     for name, files in figure_paths.items():
         run.image(f"report/{name}", next(p for p in files if p.suffix == ".png"))
     for t in table_list:

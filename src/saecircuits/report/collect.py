@@ -18,8 +18,13 @@ from pathlib import Path
 
 import torch
 
+from saecircuits.circuits.results import CircuitResult, EdgeResults
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import load_tensors, read_json
+from saecircuits.core.files import load_tensors, plain_json, read_json
+from saecircuits.layerwise import results as layer_results
+from saecircuits.matching.outputs import pair_folder
+from saecircuits.matching.result import MatchedPair, MatchResult
+from saecircuits.training.summary import SpliceMetrics, TrainedSAE, TrainingSummary, read_summary
 
 SCHEMA = "saecircuits.report/1"
 PACKAGES = ("saecircuits", "torch", "transformer-lens", "sae-lens", "transformers", "numpy", "matplotlib",
@@ -122,7 +127,7 @@ def _meta(ctx: _Context) -> dict:
         model = (stages.get("train", {}).get("settings") or {}).get("model") or (stages.get("circuit", {}).get("settings") or {}).get("model")
     hub = None
     if model:
-        from saecircuits.model.loading import offline_model
+        from saecircuits.model.loading import offline_model  # lazy: it imports TransformerLens (seconds)
 
         spec = offline_model(model)
         hub = spec.hf_name if spec else model
@@ -157,8 +162,6 @@ def _seeds(stages: dict) -> dict:
 
 # --- training -------------------------------------------------------------------------------------
 
-_SAE_METRICS = ("architecture", "d_sae", "k", "lr", "tokens", "l0", "explained_variance", "fvu", "mse", "dead_latents",
-                "dense_latents", "ce_clean", "ce_with_sae", "ce_zero_ablation", "ce_loss_recovered", "kl_to_clean")
 _CURVES = ("loss", "mse", "explained_variance", "l0", "dead")
 
 
@@ -170,18 +173,28 @@ def _label(hook: str) -> str:
     return hook
 
 
+def _sae_metrics(s: TrainedSAE) -> dict:
+    """An SAE's columns of the training table: what it is and its held-out metrics (None where absent)."""
+    splice = s.splice or SpliceMetrics()
+    return {"architecture": s.architecture, "d_sae": s.d_sae, "k": s.k, "lr": s.lr, "tokens": s.tokens, "l0": s.l0,
+            "explained_variance": s.explained_variance, "fvu": s.fvu, "mse": s.mse, "dead_latents": s.dead_latents,
+            "dense_latents": s.dense_latents, "ce_clean": splice.ce_clean, "ce_with_sae": splice.ce_with_sae,
+            "ce_zero_ablation": splice.ce_zero_ablation, "ce_loss_recovered": splice.ce_loss_recovered,
+            "kl_to_clean": splice.kl_to_clean}
+
+
 def _training(ctx: _Context, curve_points: int) -> dict:
     folder = ctx.run / "train"
-    summary = read_json(folder / "summary.json", what="training summary") if (folder / "summary.json").is_file() \
-        else _stage(ctx, "train").get("result", {})
+    summary = read_summary(folder) if (folder / "summary.json").is_file() \
+        else TrainingSummary.from_json(_stage(ctx, "train").get("result", {}))
     saes = []
-    for name, s in summary.get("saes", {}).items():
-        row = {"name": name, "label": _label(s.get("hook", name)), "hook": s.get("hook"),
+    for name, s in summary.saes.items():
+        row = {"name": name, "label": _label(s.hook if s.hook is not None else name), "hook": s.hook,
                "folder_href": ctx.href(folder / "saes" / name)}
-        row.update({k: s.get(k) for k in _SAE_METRICS})
+        row.update(_sae_metrics(s))
         saes.append(row)
-        if s.get("hook"):
-            ctx.sae_names[s["hook"]] = name
+        if s.hook:
+            ctx.sae_names[s.hook] = name
     history = read_json(folder / "history.json", what="training history") if (folder / "history.json").is_file() else []
     if len(history) > curve_points:  # evenly spaced, always the last
         step = len(history) / curve_points
@@ -189,8 +202,8 @@ def _training(ctx: _Context, curve_points: int) -> dict:
     curves = {"tokens": [h.get("tokens") for h in history], "saes": {}}
     for s in saes:
         curves["saes"][s["name"]] = {k: [(h.get(s["name"]) or {}).get(k) for h in history] for k in _CURVES}
-    return {"model": summary.get("model"), "tokens": summary.get("tokens"), "steps": summary.get("steps"),
-            "seconds": summary.get("seconds"), "tokens_per_second": summary.get("tokens_per_second"),
+    return {"model": summary.model, "tokens": summary.tokens, "steps": summary.steps,
+            "seconds": summary.seconds, "tokens_per_second": summary.tokens_per_second,
             "saes": saes, "curves": curves}
 
 
@@ -231,40 +244,33 @@ def _matching(ctx: _Context, top: int) -> dict:
     if not (folder / "match.json").is_file():
         result = _stage(ctx, "matching").get("result", {})
         return {"missing": result.get("skipped", "matching/match.json is absent")}
-    match = read_json(folder / "match.json", what="matching results")
-    hooks = {name: s.get("hook") for name, s in match.get("saes", {}).items()}
+    match = MatchResult.from_json(read_json(folder / "match.json", what="matching results"))
+    hooks = {name: s.hook for name, s in match.saes.items()}
     pairs = []
-    for r in match.get("results", []):
-        s = r.get("summary", {})
-        sae_a, sae_b = ctx.sae_names.get(r.get("hook_a")), ctx.sae_names.get(r.get("hook_b"))
-        table = folder / "pairs" / f"{_safe(r['a'])}__{_safe(r['b'])}" / "table.json"
-        rows = read_json(table, what="matched-feature table") if table.is_file() else []
-        kept = sorted((x for x in rows if x.get("kept", True) and x.get("r") is not None), key=lambda x: (-x["r"], x["a"]))
+    for r in match.results:
+        s = r.summary
+        sae_a, sae_b = ctx.sae_names.get(r.hook_a), ctx.sae_names.get(r.hook_b)
+        table = pair_folder(folder, r.a, r.b) / "table.json"
+        rows = [MatchedPair.from_json(x) for x in read_json(table, what="matched-feature table")] if table.is_file() else []
+        kept = sorted((x for x in rows if x.kept and x.r is not None), key=lambda x: (-x.r, x.a))
         similarity = {src: {m: {k: v.get(k) for k in _SIMILARITY} for m, v in d.items() if isinstance(v, dict)}
-                      for src, d in (r.get("similarity") or {}).items()}
+                      for src, d in (r.similarity or {}).items()}
         pairs.append({
-            "a": r["a"], "b": r["b"], "hook_a": r.get("hook_a"), "hook_b": r.get("hook_b"), "sae_a": sae_a, "sae_b": sae_b,
-            "method": r.get("method"), **{k: s.get(k) for k in _PAIR_NUMBERS}, "similarity": similarity,
-            "top": [{"a": x["a"], "b": x["b"], "r": x["r"], "cos": x.get("cos"), "fires_a": x.get("fires_a"),
-                     "fires_b": x.get("fires_b"), "top_tokens_a": list(x.get("top_tokens_a") or [])[:5],
-                     "top_tokens_b": list(x.get("top_tokens_b") or [])[:5],
-                     "a_href": ctx.feature_href(sae_a, x["a"]), "b_href": ctx.feature_href(sae_b, x["b"])}
+            "a": r.a, "b": r.b, "hook_a": r.hook_a, "hook_b": r.hook_b, "sae_a": sae_a, "sae_b": sae_b,
+            "method": r.method, **{k: s.get(k) for k in _PAIR_NUMBERS}, "similarity": similarity,
+            "top": [{"a": x.a, "b": x.b, "r": x.r, "cos": x.cos, "fires_a": x.fires_a, "fires_b": x.fires_b,
+                     "top_tokens_a": x.top_tokens_a[:5], "top_tokens_b": x.top_tokens_b[:5],
+                     "a_href": ctx.feature_href(sae_a, x.a), "b_href": ctx.feature_href(sae_b, x.b)}
                     for x in kept[:top]],
         })
     similarity = {}
     for f in sorted(folder.glob("similarity_*.json")):
         m = read_json(f, what="similarity matrix")
         similarity[m.get("value", f.stem.removeprefix("similarity_"))] = m
-    cfg = match.get("config", {})
-    return {"saes": hooks, "models": match.get("models"), "config": cfg, "method": cfg.get("method"), "tokens": cfg.get("tokens"),
-            "null": cfg.get("null"), "min_fires": cfg.get("min_fires"), "timing": match.get("timing"), "pairs": pairs,
+    cfg = match.config
+    return {"saes": hooks, "models": match.models, "config": cfg, "method": cfg.get("method"), "tokens": cfg.get("tokens"),
+            "null": cfg.get("null"), "min_fires": cfg.get("min_fires"), "timing": match.timing, "pairs": pairs,
             "similarity": similarity}
-
-
-def _safe(name: str) -> str:
-    from saecircuits.matching.outputs import _safe as safe
-
-    return safe(name)
 
 
 # --- heads ----------------------------------------------------------------------------------------
@@ -324,41 +330,41 @@ def _circuit(ctx: _Context) -> dict:
     path = ctx.run / "circuit" / "results.json"
     if not path.is_file():
         return {"missing": "circuit/results.json is absent"}
-    r = read_json(path, what="circuit results")
-    heads = r["circuit"]["heads"]
-    H = r["n_heads"]
-    pe, ae = r["heads"]["patching_effect"], r["heads"]["ablation_effect"]
-    codes = r.get("sae_codes") or {}
-    edges = r.get("edges") or {}
+    r = CircuitResult.from_json(read_json(path, what="circuit results"))
+    heads = r.circuit.heads
+    H = r.n_heads
+    pe, ae = r.heads.patching_effect, r.heads.ablation_effect
+    codes = r.sae_codes
+    edges = r.edges or EdgeResults(method=None, n_edges=None, top=[], circuit_edges=[])
     names = set(heads) | {"logits"}
     data_edges = [{"sender": s, "receiver": t.split(":")[0], "input": t.split(":")[1] if ":" in t else None, "score": v}
-                  for s, t, v in edges.get("circuit_edges", []) if s in names and t.split(":")[0] in names]
+                  for s, t, v in edges.circuit_edges if s in names and t.split(":")[0] in names]
     rows = []
     for h in heads:
         L, i = (int(x) for x in h.split("."))
         rows.append({"head": h, "layer": L, "index": i, "patching_effect": pe[L][i], "ablation_effect": ae[L][i],
-                     "sae_code_score": codes["scores"][L][i] if codes.get("scores") else None})
+                     "sae_code_score": codes.scores[L][i] if codes and codes.scores else None})
     composition = _circuit_composition(ctx, heads, H)
     for row in rows:
         row["role"] = _role(row["head"], composition.get("edges", []), data_edges)
-    cfg = r.get("config", {})
+    task_info = r.task_info or {}
     return {
-        "model": r.get("model"), "task": r.get("task"), "metric": r.get("evaluation", {}).get("metric"),
-        "config": cfg, "evaluation": r.get("evaluation"),
-        "examples": (r.get("task_info") or {}).get("examples", []),
-        "corrupted_examples": (r.get("task_info") or {}).get("corrupted_examples", []),
-        "n_layers": r["n_layers"], "n_heads": H, "clean_metric": r.get("clean_metric"),
-        "corrupted_metric": r.get("corrupted_metric"), "ablation": r["heads"].get("ablation"),
-        "patching_effect": pe, "ablation_effect": ae, "sae_code_scores": codes.get("scores"),
-        "heads": heads, "size": r["circuit"]["size"], "rule": r["circuit"]["rule"],
-        "selected_by": r["circuit"]["selected_by"], "head_rows": rows,
-        "validation": r.get("validation"), "faithfulness_by_size": r.get("faithfulness_by_size", []),
-        "edges": {"method": edges.get("method"), "n_edges": edges.get("n_edges"), "top": edges.get("top", [])[:20],
-                  "circuit": data_edges, "confirmed": edges.get("confirmed", []), "eap_vs_exact": edges.get("eap_vs_exact")},
+        "model": r.model, "task": r.task, "metric": (r.evaluation or {}).get("metric"),
+        "config": r.config, "evaluation": r.evaluation,
+        "examples": task_info.get("examples", []), "corrupted_examples": task_info.get("corrupted_examples", []),
+        "n_layers": r.n_layers, "n_heads": H, "clean_metric": r.clean_metric,
+        "corrupted_metric": r.corrupted_metric, "ablation": r.heads.ablation,
+        "patching_effect": pe, "ablation_effect": ae, "sae_code_scores": codes.scores if codes else None,
+        "heads": heads, "size": r.circuit.size, "rule": r.circuit.rule,
+        "selected_by": r.circuit.selected_by, "head_rows": rows,
+        "validation": r.validation, "faithfulness_by_size": r.faithfulness_by_size,
+        "edges": {"method": edges.method, "n_edges": edges.n_edges, "top": edges.top[:20], "circuit": data_edges,
+                  "confirmed": edges.confirmed or [], "eap_vs_exact": edges.eap_vs_exact},
         "composition": composition,
-        "sae_codes": {k: codes.get(k) for k in ("config", "vs_patching", "vs_ablation")} if codes else None,
-        "patching_vs_ablation": r.get("patching_vs_ablation"), "seconds": r.get("seconds"),
-        "attention": r.get("attention"),
+        "sae_codes": {"config": codes.config, "vs_patching": codes.vs_patching, "vs_ablation": codes.vs_ablation}
+        if codes else None,
+        "patching_vs_ablation": r.patching_vs_ablation, "seconds": r.seconds,
+        "attention": r.extras.get("attention"),
     }
 
 
@@ -414,7 +420,7 @@ def _attention(ctx: _Context, results: dict, model, enabled: bool, n: int) -> di
             model = models.load(circuit["model"])
         except SaecircuitsError as e:
             return {"missing": f"the model {circuit['model']} could not be loaded for attention patterns: {e}"}
-    from saecircuits.circuits import tasks
+    from saecircuits.circuits import tasks  # lazy: TransformerLens, needed only to rebuild the task's prompt
 
     cfg = circuit.get("config", {})
     task = tasks.build(circuit["task"], model, n=cfg.get("prompts", 16), seed=cfg.get("seed", 0),
@@ -463,16 +469,14 @@ def _head_pages(ctx: _Context, results: dict) -> dict:
 # --- layers ---------------------------------------------------------------------------------------
 
 def _layers(ctx: _Context) -> dict:
-    from saecircuits.core.files import plain_json
-    from saecircuits.layerwise.figures import FIGURES
-
+    """Every layer analysis in layers/ (by file name), read through its typed result."""
     out = {}
     for f in sorted((ctx.run / "layers").glob("*.json")):
         if f.name == "stage.json":
             continue
         r = read_json(f, what="layer analysis")
-        if isinstance(r, dict) and r.get("analysis") in FIGURES:
-            out[f.stem] = plain_json({k: v for k, v in r.items() if k != "files"})
+        if isinstance(r, dict) and r.get("analysis") in layer_results.RESULTS:
+            out[f.stem] = plain_json(layer_results.parse({k: v for k, v in r.items() if k != "files"}).to_json())
     return {"analyses": out} if out else {"missing": "no layer analysis JSON in layers/"}
 
 

@@ -1,7 +1,7 @@
 """The report's figures (matplotlib, Agg), each a function of the results dict alone, written as PNG + PDF.
 
 Each ``FIGURES`` entry returns a matplotlib figure, or None when its section has no data. The layer
-analyses are drawn by ``saecircuits.layerwise.figures`` from their own JSON (carried in the results).
+analyses are drawn by ``saecircuits.layerwise.figures`` from their typed results (their JSON is carried in the results).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from saecircuits.core.files import ensure_dir, save_figure  # noqa: E402
+from saecircuits.layerwise import figures as layer_figs  # noqa: E402
+from saecircuits.matching.outputs import draw_heatmap  # noqa: E402
 
 KIND_COLORS = {"Q": "#1f77b4", "K": "#ff7f0e", "V": "#2ca02c"}
 EAP_COLOR = "#7b3294"
@@ -85,17 +87,7 @@ def circuit_graph(results: dict, max_eap: int = 20):
         nx.draw_networkx_edges(g, pos, edgelist=[(e["sender"], e["receiver"]) for e in data], edge_color=EAP_COLOR,
                                width=[0.6 + 3.4 * abs(e["score"]) / smax for e in data], style="dashed", arrowsize=10,
                                node_size=520, connectionstyle="arc3,rad=-0.18", ax=ax, alpha=0.8)
-    ax.set_axis_on()
-    ax.tick_params(left=True, bottom=True, labelleft=True, labelbottom=True)
-    layers = sorted({p[0] for p in pos.values()})
-    ax.set_xticks(layers, [str(x) if x < c["n_layers"] else "out" for x in layers])
-    ax.set_yticks(range(c["n_heads"]))
-    ax.set_xlim(min(layers) - 1, max(layers) + 1)
-    ax.set_ylim(-0.8, c["n_heads"] - 0.2)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("head")
-    for s in ("top", "right"):
-        ax.spines[s].set_visible(False)
+    _layer_head_axes(ax, pos, c["n_layers"], c["n_heads"])
     fig.colorbar(nodes, ax=ax, label="patching effect (node colour)", shrink=0.8)
     handles = [Line2D([], [], color=KIND_COLORS[k], lw=2.5, label=f"{k}-composition (weights)") for k in KIND_COLORS]
     handles.append(Line2D([], [], color=EAP_COLOR, lw=2, ls="--", label="EAP edge (data)"))
@@ -103,6 +95,22 @@ def circuit_graph(results: dict, max_eap: int = 20):
     ax.set_title(f"{c['model']} {c['task']} circuit: {c['size']} heads ({c['rule']} by {c['selected_by']}); "
                  f"edge width: z (weights) or |EAP score| (top {len(data)} EAP edges)", fontsize=9)
     return fig
+
+
+def _layer_head_axes(ax, pos: dict[str, tuple], n_layers: int, n_heads: int) -> None:
+    """Axes of a graph drawn at (layer, head) positions: layer ticks where there are nodes (``out`` past the
+    last layer), every head on the y axis, no top and right frame."""
+    ax.set_axis_on()
+    ax.tick_params(left=True, bottom=True, labelleft=True, labelbottom=True)
+    layers = sorted({p[0] for p in pos.values()})
+    ax.set_xticks(layers, [str(x) if x < n_layers else "out" for x in layers])
+    ax.set_yticks(range(n_heads))
+    ax.set_xlim(min(layers) - 1, max(layers) + 1)
+    ax.set_ylim(-0.8, n_heads - 0.2)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("head")
+    for s in ("top", "right"):
+        ax.spines[s].set_visible(False)
 
 
 def patching_heatmap(results: dict):
@@ -221,8 +229,6 @@ def _visible(token: str) -> str:
 
 def similarity_heatmap(results: dict):
     """Layer x layer similarity of the SAEs' features (one panel per measure)."""
-    from saecircuits.matching.outputs import draw_heatmap
-
     m = results.get("matching")
     if not _ok(m) or not m.get("similarity"):
         return None
@@ -300,13 +306,11 @@ FIGURES = {
 
 
 def layer_figures(results: dict) -> dict:
-    """The layer analyses' own figures, drawn by ``saecircuits.layerwise.figures`` from their JSON."""
-    from saecircuits.layerwise import figures as layer_figs
-
+    """The layer analyses' own figures, drawn by ``saecircuits.layerwise.figures`` from their typed results."""
     layers = results.get("layers")
     if not _ok(layers):
         return {}
-    return {f"layers_{name}": (lambda r=r: layer_figs.FIGURES[r["analysis"]](r)) for name, r in layers["analyses"].items()}
+    return {f"layers_{name}": (lambda r=r: layer_figs.draw(r)) for name, r in layers["analyses"].items()}
 
 
 def write_figures(results: dict, out: str | Path) -> dict[str, list[Path]]:

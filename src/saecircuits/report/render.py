@@ -264,12 +264,25 @@ def render_markdown(results: dict, tables: list[Table], figures: dict[str, Path]
         cap = FIGURE_CAPTIONS.get(name, name.replace("_", " "))
         return f"![{md_escape(cap)}](figures/{name}.png)\n\n*{md_escape(cap)}* ([PDF](figures/{name}.pdf))\n\n"
 
-    def missing(section: dict) -> str:
-        return f"*Not available: {md_escape(section['missing'])}*\n\n"
-
     out = [f"# {md_escape(meta['title'])}\n", f"run {md_escape(meta.get('run'))}, model {md_escape(meta.get('model'))}, "
            f"written {md_escape(meta['date'])}\n"]
-    out.append("## Summary\n")
+    out += _md_summary(results)
+    out += _md_stages(results, T, F)
+    out += _md_circuit(results, T, F)
+    lay = results["layers"]
+    out.append("## Layer analysis\n")
+    out.append(_md_missing(lay) if not _ok(lay) else T("layer_numbers") + "".join(F(f"layers_{n}") for n in lay["analyses"]))
+    out += _md_reproducibility(meta)
+    return "\n".join(out)
+
+
+def _md_missing(section: dict) -> str:
+    return f"*Not available: {md_escape(section['missing'])}*\n\n"
+
+
+def _md_summary(results: dict) -> list[str]:
+    """The summary's lines: the headline numbers and the circuit's heads (linked to their pages)."""
+    out = ["## Summary\n"]
     out += [f"- **{md_escape(v)}** {md_escape(label)}" for v, label in headline(results)]
     c = results.get("circuit")
     if _ok(c):
@@ -277,9 +290,15 @@ def render_markdown(results: dict, tables: list[Table], figures: dict[str, Path]
                           for h in c["heads"])
         out.append(f"- circuit heads: {heads}")
     out.append("")
+    return out
+
+
+def _md_stages(results: dict, T, F) -> list[str]:
+    """The SAE training, dashboards, matching and head graph sections (``T`` / ``F``: a table / figure by name)."""
+    out = []
     t = results["training"]
     out.append("## SAE training\n")
-    out.append(missing(t) if not _ok(t) else T("sae_metrics") + F("training_curves") + F("frontier"))
+    out.append(_md_missing(t) if not _ok(t) else T("sae_metrics") + F("training_curves") + F("frontier"))
     d = results["dashboards"]
     out.append("## Feature dashboards\n")
     if _ok(d):
@@ -287,39 +306,46 @@ def render_markdown(results: dict, tables: list[Table], figures: dict[str, Path]
                 f"{num(s['n_dead'])} dead of {num(s['n_features'])} features)" for s in d["saes"]]
         out.append("\n" + T("dashboard_features"))
     else:
-        out.append(missing(d))
+        out.append(_md_missing(d))
     m = results["matching"]
     out.append("## Feature matching\n")
-    out.append(missing(m) if not _ok(m) else T("matching_pairs") + F("similarity_heatmap") + T("matched_features"))
+    out.append(_md_missing(m) if not _ok(m) else T("matching_pairs") + F("similarity_heatmap") + T("matched_features"))
     h = results["heads"]
     out.append("## Head graph\n")
-    out.append(missing(h) if not _ok(h) else
+    out.append(_md_missing(h) if not _ok(h) else
                f"{num(h['n_nodes'])} heads, {num(h['n_edges'])} composition edges kept of {num(h.get('pairs'))} pairs.\n\n"
                + T("composition_edges"))
-    out.append("## Circuit\n")
-    if _ok(c):
-        ev = c.get("evaluation") or {}
-        out.append(f"Task **{md_escape(c['task'])}**, metric {md_escape(c['metric'])}: clean {num(ev.get('clean_metric'))}, "
-                   f"corrupted {num(ev.get('corrupted_metric'))}, accuracy {num(ev.get('clean_accuracy'), 2)} "
-                   f"(chance {num(ev.get('chance'), 2)}).\n")
-        out += [F("circuit_graph"), F("patching_heatmap"), T("circuit_heads"), F("ablation_bars"), T("ablation"),
-                F("faithfulness_by_size")]
-        att = results.get("attention") or {}
-        if _ok(att):
-            out.append(f"Prompt: `{md_escape(att.get('prompt', ''))}`\n\n" + F("attention_patterns"))
-        else:
-            out.append(missing(att))
+    return out
+
+
+def _md_circuit(results: dict, T, F) -> list[str]:
+    """The circuit section: task and metric, the circuit's figures and tables, the attention patterns."""
+    out = ["## Circuit\n"]
+    c = results.get("circuit")
+    if not _ok(c):
+        return out + [_md_missing(c)]
+    ev = c.get("evaluation") or {}
+    out.append(f"Task **{md_escape(c['task'])}**, metric {md_escape(c['metric'])}: clean {num(ev.get('clean_metric'))}, "
+               f"corrupted {num(ev.get('corrupted_metric'))}, accuracy {num(ev.get('clean_accuracy'), 2)} "
+               f"(chance {num(ev.get('chance'), 2)}).\n")
+    out += [F("circuit_graph"), F("patching_heatmap"), T("circuit_heads"), F("ablation_bars"), T("ablation"),
+            F("faithfulness_by_size")]
+    att = results.get("attention") or {}
+    if _ok(att):
+        out.append(f"Prompt: `{md_escape(att.get('prompt', ''))}`\n\n" + F("attention_patterns"))
     else:
-        out.append(missing(c))
-    lay = results["layers"]
-    out.append("## Layer analysis\n")
-    out.append(missing(lay) if not _ok(lay) else T("layer_numbers") + "".join(F(f"layers_{n}") for n in lay["analyses"]))
-    out.append("## Reproducibility\n")
+        out.append(_md_missing(att))
+    return out
+
+
+def _md_reproducibility(meta: dict) -> list[str]:
+    """How to regenerate the report, the package versions, the seeds and the run's configuration."""
+    out = ["## Reproducibility\n"]
     out.append(f"Regenerate every table and figure from `results.json` alone: `{meta['command']}`\n")
     out += [f"- {md_escape(k)}: {md_escape(v)}" for k, v in meta["versions"].items()]
     out.append("\nSeeds: " + ", ".join(f"{md_escape(k)} = {md_escape(v)}" for k, v in meta["seeds"].items()) + "\n")
     out.append("```json\n" + json.dumps(meta.get("config"), indent=2).replace("```", "'''") + "\n```\n")
-    return "\n".join(out)
+    return out
 
 
 # --- per-head pages -------------------------------------------------------------------------------

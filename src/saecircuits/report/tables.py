@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from saecircuits.core.files import ensure_dir, write_text
+from saecircuits.layerwise.results import ContributionsResult, LensResult, SkipResult
 
 
 @dataclass
@@ -206,18 +207,17 @@ def layer_numbers(results: dict) -> Table | None:
         data.append([what, value])
 
     if "logit_lens" in a:
-        r = a["logit_lens"]
-        add(f"logit lens: prompts with the answer top-1 at the output ({r.get('n_prompts')} prompts)", r.get("final_accuracy"))
-        if r.get("first_top1"):
-            add("logit lens: depth where the answer first becomes top-1 (median)", str(r["first_top1"].get("median_label")))
+        lens = LensResult.from_json(a["logit_lens"])
+        add(f"logit lens: prompts with the answer top-1 at the output ({lens.n_prompts} prompts)", lens.final_accuracy)
+        add("logit lens: depth where the answer first becomes top-1 (median)", str(lens.first_top1.median_label))
     if "contributions" in a:
-        h = a["contributions"].get("halves", {}).get("block_rel_norm", {})
-        add("block output / residual norm, first half of the layers (median)", h.get("first_half_median"))
-        add("block output / residual norm, second half of the layers (median)", h.get("second_half_median"))
+        block = ContributionsResult.from_json(a["contributions"]).halves["block_rel_norm"]
+        add("block output / residual norm, first half of the layers (median)", block.first_half_median)
+        add("block output / residual norm, second half of the layers (median)", block.second_half_median)
     if "skipping" in a:
-        h = a["skipping"].get("halves", {})
-        add("KL from skipping one layer, first half (median, nats/token)", h.get("skip_kl_first_half_median"))
-        add("KL from skipping one layer, second half (median, nats/token)", h.get("skip_kl_second_half_median"))
+        skip = SkipResult.from_json(a["skipping"]).halves
+        add("KL from skipping one layer, first half (median, nats/token)", skip.skip_kl_first_half_median)
+        add("KL from skipping one layer, second half (median, nats/token)", skip.skip_kl_second_half_median)
     if not rows:
         return None
     return Table("layer_numbers", "Layer analyses: logit lens on the circuit's prompts, sublayer contributions, "

@@ -9,16 +9,14 @@ or by SAELens (standard, topk, jumprelu and their transcoder forms).
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, load_tensors, read_json, replace_dir, save_tensors, write_json
+from saecircuits.core.files import ensure_dir, load_tensors, read_json, save_tensors, staged_dir, write_json
 from saecircuits.sae import ARCHITECTURES, SAEConfig, SparseAutoencoder
-from saecircuits.activations.store import Site
+from saecircuits.activations.site import Site
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
@@ -100,20 +98,38 @@ def save(
         out_site = Site.parse(sae.cfg.hook_out or "")
         cfg["metadata"]["hook_name_out"] = out_site.hook
         cfg["metadata"]["hook_head_index_out"] = out_site.head
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_dir(folder, f".{folder.name}.") as tmp:
         save_tensors(tmp / WEIGHTS, tensors)
         write_json(tmp / CFG, cfg)
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
 def load(folder: str | Path, device: str = "cpu") -> SparseAutoencoder:
     """An SAE from a SAELens-format folder (written here or by SAELens)."""
     folder = Path(folder)
+    cfg = _read_cfg(folder)
+    arch = cfg["architecture"]
+    ours, transcoder, skip = _FROM_SAELENS[arch]
+    meta = cfg.get("metadata") or {}
+    try:
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    except (KeyError, TypeError, ValueError):
+        raise SaecircuitsError(f"{folder / CFG} lacks d_in / d_sae") from None
+    site, site_out = _sites(cfg, meta, transcoder)
+    scfg = SAEConfig(architecture=ours, hook=site, hook_out=site_out, skip=skip, d_sae=d_sae, k=int(cfg.get("k", 32)))
+    sae = ARCHITECTURES[ours](scfg, d_in, int(cfg.get("d_out", d_in)))
+    tensors = load_tensors(folder / WEIGHTS, what="SAE weights")
+    _check_shapes(tensors, sae, arch, folder / WEIGHTS)
+    if cfg.get("apply_b_dec_to_input", True) is False and not transcoder:
+        raise SaecircuitsError(f"{folder / CFG}: apply_b_dec_to_input false is not supported for SAEs")
+    _copy_weights(sae, tensors, rescale_by_decoder_norm=arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False))
+    sae.metadata = meta  # type: ignore[attr-defined]
+    sae.eval()
+    return sae.to(device)
+
+
+def _read_cfg(folder: Path) -> dict:
+    """``cfg.json`` of an SAE folder, checked: a supported architecture, no normalisation left to apply."""
     if not folder.is_dir():
         raise SaecircuitsError(f"SAE folder {folder} does not exist")
     cfg = read_json(folder / CFG, what="SAE config")
@@ -128,53 +144,52 @@ def load(folder: str | Path, device: str = "cpu") -> SparseAutoencoder:
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", None):
         raise SaecircuitsError(f"{folder / CFG}: normalize_activations {norm!r} is not supported", "fold it into the weights first")
-    ours, transcoder, skip = _FROM_SAELENS[arch]
-    meta = cfg.get("metadata") or {}
-    try:
-        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
-    except (KeyError, TypeError, ValueError):
-        raise SaecircuitsError(f"{folder / CFG} lacks d_in / d_sae") from None
+    return cfg
+
+
+def _sites(cfg: dict, meta: dict, transcoder: bool) -> tuple[str, str | None]:
+    """The site specs (``hook`` or ``hook:head``) the SAE reads and, for a transcoder, writes."""
     hook = meta.get("hook_name") or cfg.get("hook_name") or "unknown"
     head = meta.get("hook_head_index", cfg.get("hook_head_index"))
     site = hook if head is None else f"{hook}:{head}"
-    hook_out = None
+    site_out = None
     if transcoder:
         out = meta.get("hook_name_out") or cfg.get("hook_name_out") or "unknown_out"
         head_out = meta.get("hook_head_index_out")
-        hook_out = out if head_out is None else f"{out}:{head_out}"
-    scfg = SAEConfig(architecture=ours, hook=site, hook_out=hook_out, skip=skip, d_sae=d_sae, k=int(cfg.get("k", 32)))
-    sae = ARCHITECTURES[ours](scfg, d_in, int(cfg.get("d_out", d_in)))
-    tensors = load_tensors(folder / WEIGHTS, what="SAE weights")
+        site_out = out if head_out is None else f"{out}:{head_out}"
+    return site, site_out
+
+
+def _check_shapes(tensors: dict[str, torch.Tensor], sae: SparseAutoencoder, arch: str, path: Path) -> None:
+    """Every tensor the architecture needs is in the weights file, with the shape cfg.json implies."""
+    d_in, d_sae = sae.d_in, sae.d_sae
     expect = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, sae.d_out), "b_enc": (d_sae,), "b_dec": (sae.d_out,)}
-    if skip:
+    if sae.cfg.skip:
         expect["W_skip"] = (sae.d_out, d_in)
-    if ours == "jumprelu":
+    if sae.cfg.architecture == "jumprelu":
         expect["threshold"] = (d_sae,)
     for name, shape in expect.items():
         if name not in tensors:
-            raise SaecircuitsError(f"{folder / WEIGHTS} has no tensor {name} (a {arch} SAE needs {', '.join(expect)})")
+            raise SaecircuitsError(f"{path} has no tensor {name} (a {arch} SAE needs {', '.join(expect)})")
         if tuple(tensors[name].shape) != shape:
-            raise SaecircuitsError(f"{folder / WEIGHTS}: {name} has shape {tuple(tensors[name].shape)}, cfg.json says {shape}")
-    if cfg.get("apply_b_dec_to_input", True) is False and not transcoder:
-        raise SaecircuitsError(f"{folder / CFG}: apply_b_dec_to_input false is not supported for SAEs")
-    with torch.no_grad():
-        W_dec = tensors["W_dec"].float()
-        if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
-            # top-k of pre·|W_dec| then /|W_dec| equals top-k with the norms folded into the encoder
-            n = W_dec.norm(dim=1)
-            tensors["W_enc"] = tensors["W_enc"] * n
-            tensors["b_enc"] = tensors["b_enc"] * n
-            W_dec = W_dec / n[:, None]
-        sae.W_enc.copy_(tensors["W_enc"])
-        sae.b_enc.copy_(tensors["b_enc"])
-        sae.W_dec.copy_(W_dec)
-        sae.b_dec.copy_(tensors["b_dec"])
-        if skip:
-            sae.W_skip.copy_(tensors["W_skip"])
-        if ours == "jumprelu":
-            sae.log_threshold.copy_(tensors["threshold"].float().clamp_min(1e-30).log())
-    sae.metadata = meta  # type: ignore[attr-defined]
-    sae.eval()
-    return sae.to(device)
+            raise SaecircuitsError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, cfg.json says {shape}")
 
 
+@torch.no_grad()
+def _copy_weights(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], rescale_by_decoder_norm: bool) -> None:
+    """SAELens tensors into ``sae``'s parameters (a JumpReLU threshold becomes its log)."""
+    W_dec = tensors["W_dec"].float()
+    if rescale_by_decoder_norm:
+        # top-k of pre·|W_dec| then /|W_dec| equals top-k with the norms folded into the encoder
+        n = W_dec.norm(dim=1)
+        tensors["W_enc"] = tensors["W_enc"] * n
+        tensors["b_enc"] = tensors["b_enc"] * n
+        W_dec = W_dec / n[:, None]
+    sae.W_enc.copy_(tensors["W_enc"])
+    sae.b_enc.copy_(tensors["b_enc"])
+    sae.W_dec.copy_(W_dec)
+    sae.b_dec.copy_(tensors["b_dec"])
+    if sae.cfg.skip:
+        sae.W_skip.copy_(tensors["W_skip"])
+    if sae.cfg.architecture == "jumprelu":
+        sae.log_threshold.copy_(tensors["threshold"].float().clamp_min(1e-30).log())

@@ -6,15 +6,20 @@ gradient of the active pre-activations only, instead of multiplying a dense, mos
 [batch, d_sae] gradient by the input. With k active latents of d_sae, the three dense matmuls
 of the decoder and the encoder's backward matmul shrink by a factor of about d_sae / k; only the
 encoder's forward matmul stays dense (every pre-activation is needed to choose the top k).
+``inference_code`` gives any SAE's activations at inference in the same form.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # base imports this module: the SAE class is for annotations only
+    from saecircuits.sae.base import SparseAutoencoder
 
 
 @dataclass
@@ -124,3 +129,18 @@ def select_batch_topk(k: int) -> Callable[[torch.Tensor], SparseCode]:
         return SparseCode(flat % d, vals, offsets, batch=b)
 
     return select
+
+
+@torch.no_grad()
+def inference_code(sae: SparseAutoencoder, x: torch.Tensor) -> SparseCode:
+    """Feature activations of ``x`` [n, d_in] as a fixed-k SparseCode [n, k]; entries with value 0 are padding.
+
+    TopK: the k largest pre-activations, ReLU'd (what ``encode`` keeps). Other architectures:
+    ``encode`` then the row's nonzero entries, padded to the largest count in the batch.
+    """
+    if sae.architecture == "topk":
+        return select_topk(min(sae.cfg.k, sae.d_sae))(sae.pre_acts(x))
+    f = sae.encode(x)
+    k = int((f > 0).sum(1).max()) if len(f) else 0
+    vals, idx = f.topk(max(k, 1), dim=-1, sorted=False)
+    return SparseCode(idx, vals.relu_())

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from saecircuits.sae import SparseAutoencoder
-from saecircuits.activations.store import ModelActivations, Site
+from saecircuits.activations.site import Site
+from saecircuits.activations.store import ModelActivations, site_rows
 
 
 @dataclass
@@ -140,10 +141,7 @@ def evaluate(
             clean_lp = F.log_softmax(logits.float(), -1)
             n_pred = b * (t - 1)
             clean_ce = _ce(clean_lp, toks)
-            raw = {}
-            for key, s in sites.items():
-                a = cache[s.hook]
-                raw[key] = (a if s.head is None else a[:, :, s.head]).reshape(b * t, -1)
+            raw = site_rows(cache, sites.values(), b * t)
         else:
             raw = acts.activations(toks)
         recon_cache: dict[str, torch.Tensor] = {}

@@ -14,24 +14,12 @@ weights, full-batch Adam): a few seconds for SmolLM2's 270 heads. The head outpu
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import torch
-from pydantic import Field
+from scipy.stats import spearmanr
 
-from saecircuits.core.config import Config
+from saecircuits.circuits.config import SAECodeConfig
 from saecircuits.circuits.patching import HeadPatcher
-
-
-class SAECodeConfig(Config):
-    """Per-head SAEs for code scoring."""
-
-    d_sae: int = Field(16, ge=2, description="latents per head SAE")
-    k: int = Field(1, ge=1, description="active latents per example; the code is the set of their ids")
-    steps: int = Field(150, ge=1)
-    lr: float = Field(2e-2, gt=0)
-    position: Literal["answer", "all"] = Field("answer", description="the position the metric reads, or every position")
-    seed: int = 0
 
 
 def head_examples(patcher: HeadPatcher, position: str = "answer") -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +94,6 @@ def score_heads(patcher: HeadPatcher, cfg: SAECodeConfig | None = None) -> dict:
 
 def compare_scores(a: torch.Tensor, b: torch.Tensor, top: int) -> dict:
     """Agreement of two per-head score tables: Spearman rank correlation and overlap of the ``top`` heads."""
-    from scipy.stats import spearmanr
-
     a, b = a.flatten().double(), b.flatten().double()
     rho = spearmanr(a.numpy(), b.numpy())
     top = max(1, min(top, len(a)))
