@@ -88,8 +88,8 @@ def _saedash_model(folder: Path):
     import dataclasses
 
     import torch
-    from safetensors.torch import load_file
     from sae_lens import HookedSAETransformer
+    from safetensors.torch import load_file
     from transformer_lens import HookedTransformerConfig
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -115,11 +115,11 @@ def _saedash_model(folder: Path):
 
 def side_saedashboard(args: dict) -> dict:
     import torch
-    from safetensors.torch import load_file
     from sae_dashboard.data_writing_fns import save_feature_centric_vis
     from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
     from sae_lens import SAE
+    from safetensors.torch import load_file
 
     torch.set_grad_enabled(False)
     model = _saedash_model(Path(args["model_folder"]))
@@ -221,7 +221,7 @@ def reference_resid(tokens_path: Path) -> Path:
         return path
     import torch
 
-    from saecircuits.core.files import load_tensors, save_tensors
+    from saecircuits.core.tensors import load_tensors, save_tensors
     from saecircuits.model.loading import load
 
     tokens = load_tensors(tokens_path)["tokens"][:2]

@@ -95,9 +95,10 @@ def shared_tokens(model_name: str, n_contexts: int, context_size: int = 128, sou
     path = WORK / f"tokens_{model_name}_{source}_{split}_{n_contexts}x{context_size}.safetensors"
     if path.exists():
         return path
-    from saecircuits.core.files import save_tensors
+    from saecircuits.core.tensors import save_tensors
     from saecircuits.model.loading import load
-    from saecircuits.text.source import TextConfig, TextSource
+    from saecircuits.text.config import TextConfig
+    from saecircuits.text.source import TextSource
 
     model = load(model_name)
     src = TextSource.for_model(TextConfig(source=source, context_size=context_size), model)
@@ -123,7 +124,7 @@ def side_bare(args: dict, model_batch: int = 8) -> dict:
     """The floor: TransformerLens's forward to the deepest of ``args["hooks"]``, over ``args["tokens"]``, nothing else."""
     import torch
 
-    from saecircuits.core.files import load_tensors
+    from saecircuits.core.tensors import load_tensors
     from saecircuits.model.hooks import stop_at_layer
 
     model = smollm2(model_batch)

@@ -49,7 +49,7 @@ def _model(name: str):
 def side_saecircuits(args: dict) -> dict:
     import torch
 
-    from saecircuits.core.files import save_tensors
+    from saecircuits.core.tensors import save_tensors
     from saecircuits.heads.config import HeadGraphConfig
     from saecircuits.heads.graph import HeadCircuits, composition_scores, weight_graph
 
@@ -69,10 +69,9 @@ def side_saecircuits(args: dict) -> dict:
 
 def side_transformerlens(args: dict) -> dict:
     import torch
-
-    from saecircuits.core.files import save_tensors
-
     from transformer_lens.utils import composition_scores
+
+    from saecircuits.core.tensors import save_tensors
 
     model = _model(args["model"])
     L, H, d, dh = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model, model.cfg.d_head
@@ -111,7 +110,7 @@ def main() -> None:
     runs = [(side, side, {"model": model, "scores": files[side]}) for side in files]
     res = harness.interleaved(__file__, runs, 1 if a.smoke else a.repeats)
 
-    from saecircuits.core.files import load_tensors
+    from saecircuits.core.tensors import load_tensors
 
     ours, theirs = load_tensors(files["saecircuits"]), load_tensors(files["transformerlens"])
     diff = {}

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 import harness  # noqa: E402
+
 import reliability_cases as rc  # noqa: E402
 from conftest import make_byte_tokenizer  # noqa: E402
 

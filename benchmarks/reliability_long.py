@@ -104,7 +104,8 @@ def same_tensors(a: Path, b: Path, pattern: str) -> dict:
 
 
 def case_training(work: Path, tokens: int, kills: int, rng: random.Random) -> dict:
-    from saecircuits.core.files import load_tensors, read_json
+    from saecircuits.core.files import read_json
+    from saecircuits.core.tensors import load_tensors
 
     cfgs = {}
     for name in ("killed", "uninterrupted"):
@@ -161,7 +162,8 @@ def case_cache(work: Path, tokens: int, kills: int, rng: random.Random) -> dict:
 
 
 def case_dashboards(work: Path, sae: Path, tokens: int, kills: int, rng: random.Random) -> dict:
-    from saecircuits.core.files import load_tensors, read_json
+    from saecircuits.core.files import read_json
+    from saecircuits.core.tensors import load_tensors
 
     argv = ["--sae", str(sae), "--model", MODEL, "--text", "stdlib", "--tokens", str(tokens), "--context-size",
             str(CONTEXT), "--batch", "8", "--wandb", "off"]

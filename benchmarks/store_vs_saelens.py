@@ -33,14 +33,15 @@ def _model():
 
 
 def _tokens(args):
-    from saecircuits.core.files import load_tensors
+    from saecircuits.core.tensors import load_tensors
 
     return load_tensors(args["tokens"])["tokens"]
 
 
 def side_ours(args: dict) -> dict:
     from saecircuits.activations.store import ActivationStore, StoreConfig
-    from saecircuits.text.source import TextConfig, TextSource
+    from saecircuits.text.config import TextConfig
+    from saecircuits.text.source import TextSource
 
     model = _model()
     text = TextSource(TextConfig(source=f"tokens:{args['tokens']}", context_size=CONTEXT, eval_fraction=0),
@@ -75,7 +76,8 @@ def build_cache(tokens: str, hooks: list[str]) -> str:
     """The cache the cache-read side streams (built once per token file and hook set)."""
     from saecircuits.activations.cache import build_cache as build
     from saecircuits.activations.store import StoreConfig
-    from saecircuits.text.source import TextConfig, TextSource
+    from saecircuits.text.config import TextConfig
+    from saecircuits.text.source import TextSource
 
     folder = harness.WORK / f"cache_{Path(tokens).stem}_{len(hooks)}hooks"
     model = _model()

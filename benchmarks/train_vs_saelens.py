@@ -37,9 +37,9 @@ def _model():
 
 def _evaluate(model, sae_dirs: dict[str, str], eval_tokens: str) -> dict:
     """The same evaluator, on the same held-out contexts, for SAEs of either tool (files in SAELens format)."""
-    from saecircuits.training.evaluation import SAEUnderTest, evaluate
-    from saecircuits.core.files import load_tensors
+    from saecircuits.core.tensors import load_tensors
     from saecircuits.sae import format as sae_format
+    from saecircuits.training.evaluation import SAEUnderTest, evaluate
 
     tokens = load_tensors(eval_tokens)["tokens"]
     saes = [SAEUnderTest(name, sae_format.load(path)) for name, path in sae_dirs.items()]
@@ -94,7 +94,7 @@ def side_saelens(args: dict) -> dict:
     import datasets
     from sae_lens import LanguageModelSAETrainingRunner
 
-    from saecircuits.core.files import load_tensors
+    from saecircuits.core.tensors import load_tensors
     from saecircuits.model.loading import special_token_ids
 
     model = _model()
@@ -122,7 +122,7 @@ def side_saelens_multi(args: dict) -> dict:
     from sae_lens import LoggingConfig, TopKTrainingSAEConfig
     from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 
-    from saecircuits.core.files import load_tensors
+    from saecircuits.core.tensors import load_tensors
     from saecircuits.model.loading import special_token_ids
 
     model = _model()

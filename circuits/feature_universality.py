@@ -43,13 +43,13 @@ import numpy as np
 import torch
 
 from saecircuits import matching
-from saecircuits.model import loading as models
 from saecircuits.core.config import validate
 from saecircuits.core.files import ensure_dir, read_json, write_json, write_text
 from saecircuits.matching.outputs import read_match, write_match, write_weight_match
+from saecircuits.matching.similarity import depth_alignment, similarity_matrix
+from saecircuits.model import loading as models
 from saecircuits.sae import build
 from saecircuits.sae import format as sae_format
-from saecircuits.matching.similarity import depth_alignment, similarity_matrix
 from saecircuits.training.config import TrainConfig
 from saecircuits.training.run import train
 

@@ -24,7 +24,7 @@ from saecircuits.core.files import ensure_dir, write_json, write_text
 from saecircuits.layerwise import contributions, figures, lens, linearity, probes, skipping, tuned
 from saecircuits.layerwise.config import StreamConfig
 from saecircuits.model.loading import load
-from saecircuits.text.source import TextConfig
+from saecircuits.text.config import TextConfig
 
 CANONICAL = ("When Mary and John went to the store, John gave a drink to", " Mary")
 

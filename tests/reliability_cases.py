@@ -82,11 +82,12 @@ def train_config(fx_root: Path, model: Path, text: Path, out: Path, **changes) -
 def make_fixtures(root: Path, tokenizer) -> Fixtures:
     """Everything the faults run on, built in this process (a few seconds)."""
     from saecircuits.activations.cache import build_cache
+    from saecircuits.activations.store import StoreConfig
     from saecircuits.core.config import validate
     from saecircuits.dashboards import build_dashboards
     from saecircuits.model.loading import load
-    from saecircuits.activations.store import StoreConfig
-    from saecircuits.text.source import TextConfig, TextSource
+    from saecircuits.text.config import TextConfig
+    from saecircuits.text.source import TextSource
     from saecircuits.training.config import TrainConfig
     from saecircuits.training.run import train
 

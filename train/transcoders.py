@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from saecircuits.model import loading as models
 from saecircuits.core.config import validate
+from saecircuits.model import loading as models
 from saecircuits.training.config import TrainConfig
 from saecircuits.training.run import train
 

@@ -8,11 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_model
 from saecircuits.activations.cache import ActivationCache, build_cache
-from saecircuits.core.errors import SaecircuitsError
 from saecircuits.activations.store import ActivationStore, StoreConfig
-from saecircuits.text.source import TextConfig, TextSource
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import TextSource
+
+from conftest import make_tiny_model
 
 SITES = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_z:*"]
 
@@ -49,7 +51,8 @@ sys.path.insert(0, {tests!r})
 from conftest import make_tiny_model, make_byte_tokenizer
 from saecircuits.activations.cache import build_cache
 from saecircuits.activations.store import StoreConfig, ModelActivations
-from saecircuits.text.source import TextConfig, TextSource
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import TextSource
 tok = make_byte_tokenizer()
 model = make_tiny_model(tokenizer=tok)
 slow = ModelActivations.rows

@@ -3,11 +3,13 @@ import resource
 import pytest
 import torch
 
-from conftest import make_tiny_model
-from saecircuits.core.errors import SaecircuitsError
 from saecircuits.activations.site import Site, expand_sites
 from saecircuits.activations.store import ActivationStore, ModelActivations, Rows, StoreConfig
-from saecircuits.text.source import TextConfig, TextSource
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import TextSource
+
+from conftest import make_tiny_model
 
 SITES = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.attn.hook_z:*",
          "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"]

@@ -29,12 +29,14 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import reliability_cases as rc
 from saecircuits.app.cli import app
 from saecircuits.core.config import read_yaml, validate
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import load_tensors, read_json, tensors_metadata
+from saecircuits.core.files import read_json
+from saecircuits.core.tensors import load_tensors, tensors_metadata
 from saecircuits.training.config import SWEEPABLE, TrainConfig
+
+import reliability_cases as rc
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ from pydantic import Field
 
 from saecircuits.core.config import Config, load, validate
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.text.source import TextConfig
+from saecircuits.text.config import TextConfig
 
 
 class Inner(Config):

@@ -5,7 +5,8 @@ import torch
 
 from saecircuits.core import files
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import atomic_path, ensure_dir, load_tensors, read_json, save_tensors, staged_dir, write_json
+from saecircuits.core.files import atomic_path, ensure_dir, read_json, staged_dir, write_json
+from saecircuits.core.tensors import load_tensors, save_tensors
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):

@@ -9,18 +9,19 @@ import re
 import pytest
 import torch
 
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.tensors import load_tensors
 from saecircuits.dashboards import build as dash_build
 from saecircuits.dashboards import build_dashboards
 from saecircuits.dashboards.html import visible
 from saecircuits.dashboards.stats import FeatureStats
 from saecircuits.dashboards.weights import nearest_features
-from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import load_tensors
 from saecircuits.model.loading import special_token_ids
 from saecircuits.sae import SAEConfig, build
-from saecircuits.sae.directions import residual_directions
 from saecircuits.sae import format as sae_format
-from saecircuits.text.source import TextConfig, TextSource
+from saecircuits.sae.directions import residual_directions
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import TextSource
 
 HOOK = "blocks.1.hook_resid_post"
 D_SAE, DEAD = 24, 5

@@ -9,11 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_byte_tokenizer, make_tiny_model
 from saecircuits.app.cli import app
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import load_tensors
+from saecircuits.core.tensors import load_tensors
 from saecircuits.heads.config import HeadGraphConfig
 from saecircuits.heads.graph import (
     KINDS,
@@ -24,6 +23,8 @@ from saecircuits.heads.graph import (
     save,
     weight_graph,
 )
+
+from conftest import make_byte_tokenizer, make_tiny_model
 
 
 def direct_scores(model) -> dict[str, torch.Tensor]:

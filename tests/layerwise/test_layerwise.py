@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.layerwise import contributions, figures, lens, linearity, probes, results, skipping, tuned
 from saecircuits.layerwise.config import StreamConfig
-from saecircuits.text.source import TextConfig
+from saecircuits.text.config import TextConfig
 
 from conftest import make_tiny_model
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from saecircuits.text import alignment
 from saecircuits import matching
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.sae import SAEConfig, build
+from saecircuits.text import alignment
 
 # ------------------------------------------------------------------ helpers
 
@@ -400,11 +400,11 @@ def test_cross_model_matching_and_same_model_pairs_on_its_token_set(tiny_model, 
     """Two tiny models with different tokenizers (bytes, words) over the same text: the cross-model run
     compares character-aligned positions only; ``align_to`` compares a same-model pair at exactly those
     positions (the A SAE's statistics equal the cross-model run's), and an SAE against its own copy gives r = 1."""
-    from conftest import make_tiny_model
-
-    from saecircuits.text.source import TextConfig
-
     from transformers import AutoTokenizer
+
+    from saecircuits.text.config import TextConfig
+
+    from conftest import make_tiny_model
 
     (tmp_path / "text").mkdir()
     for i in range(4):
@@ -448,7 +448,7 @@ def _tiny_pair(tiny_model):
 
 def test_match_saes_on_a_model_and_write_outputs(tiny_model, tmp_path):
     from saecircuits.matching.outputs import read_match, write_match
-    from saecircuits.text.source import TextConfig
+    from saecircuits.text.config import TextConfig
 
     sae, cp, perm = _tiny_pair(tiny_model)
     other = make_sae(d_in=tiny_model.cfg.d_model, d_sae=32, k=4, hook="blocks.2.hook_resid_post", seed=7)
@@ -564,7 +564,7 @@ def test_pairs_within_one_suite_share_names_across_sides(tiny_model):
     """One suite on both sides (layer x layer within one model): the same SAE under the same name on both
     sides is encoded once, and matching it with another SAE equals the two-name form; a name that means
     two different SAEs is refused."""
-    from saecircuits.text.source import TextConfig
+    from saecircuits.text.config import TextConfig
 
     sae, cp, perm = _tiny_pair(tiny_model)
     cfg = matching.MatchConfig(text=TextConfig(source="stdlib", context_size=32), tokens=1000, batch_contexts=8,

@@ -11,7 +11,7 @@ from saecircuits.matching import MatchConfig, MatchResult, match_saes
 from saecircuits.matching.outputs import pair_folder, read_match, write_match
 from saecircuits.matching.result import MatchedPair, PairResult
 from saecircuits.sae import SAEConfig, build
-from saecircuits.text.source import TextConfig
+from saecircuits.text.config import TextConfig
 
 
 def _sae(d_in: int, seed: int, hook: str = "blocks.1.hook_resid_post", arch: str = "topk"):

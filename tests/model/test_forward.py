@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from conftest import make_tiny_model
-from saecircuits.model.forward import BLOCK_HOOKS, LeanForward, covers, unsupported
 from saecircuits.activations.site import Site
 from saecircuits.activations.store import ModelActivations
+from saecircuits.model.forward import BLOCK_HOOKS, LeanForward, covers, unsupported
+
+from conftest import make_tiny_model
 
 FAMILIES = {
     "gpt2-like (LayerNorm, learned positions, GELU, biases)": {},

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from saecircuits.model import loading as models
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.model import loading as models
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_model
 
 from saecircuits.model.frozen import frozen
 from saecircuits.model.unembed import unembed, unembed_normed
+
+from conftest import make_tiny_model
 
 
 @pytest.mark.parametrize("kw", [{}, {"normalization_type": None}, {"normalization_type": "RMS"},

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from saecircuits.core.files import save_tensors, write_json
+from saecircuits.core.files import write_json
+from saecircuits.core.tensors import save_tensors
 from saecircuits.report import figures, regenerate, render, tables, write_report
-from saecircuits.report.collect import SCHEMA, attention_patterns, collect, key_heads
+from saecircuits.report.attention import attention_patterns, key_heads
+from saecircuits.report.collect import SCHEMA, collect
 
 L, H = 4, 3
 MAL_TOKEN = '<script>alert("x")</script>'
@@ -474,8 +476,8 @@ def test_cli_report_and_regenerate(tmp_path):
 
 
 def test_figures_and_tables_are_logged_to_wandb(written, tmp_path, monkeypatch):
-    from saecircuits.report import log_report
     from saecircuits.core.tracking import Run, WandbConfig
+    from saecircuits.report import log_report
 
     out, paths = written
     monkeypatch.setenv("WANDB_MODE", "offline")

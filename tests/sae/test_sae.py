@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.config import validate
+from saecircuits.core.errors import SaecircuitsError
 from saecircuits.sae import SAEConfig, build
 from saecircuits.sae import format as sae_format
 from saecircuits.sae.sparse import SparseCode, select_batch_topk, sparse_decode

@@ -6,8 +6,9 @@ import torch
 
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import save_tensors
-from saecircuits.text.source import TextConfig, TextSource, in_eval_split, iter_documents, pack_documents
+from saecircuits.core.tensors import save_tensors
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import TextSource, in_eval_split, iter_documents, pack_documents
 
 BOS, SEP = 0, 1
 

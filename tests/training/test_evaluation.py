@@ -1,8 +1,9 @@
 import torch
 
-from saecircuits.training.evaluation import SAEUnderTest, evaluate
 from saecircuits.sae import SAEConfig, build
-from saecircuits.text.source import TextConfig, TextSource
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import TextSource
+from saecircuits.training.evaluation import SAEUnderTest, evaluate
 
 
 def _identity_sae(d, hook):

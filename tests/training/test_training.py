@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from saecircuits.activations.store import ActivationStore
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import plain_json, read_json, write_json
-from saecircuits.activations.store import ActivationStore
 from saecircuits.text.source import TextSource
 from saecircuits.training.config import TrainConfig
 from saecircuits.training.run import train

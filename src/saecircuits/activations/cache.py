@@ -24,13 +24,15 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, read_json, save_tensors, write_json
-from saecircuits.model.loading import fingerprint
-from saecircuits.core.progress import TokenBar
 from saecircuits.activations.site import Site, expand_sites
 from saecircuits.activations.store import DTYPES, ActivationStore, ModelActivations, Rows, StoreConfig
-from saecircuits.text.source import Split, TextSource
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import ensure_dir, read_json, write_json
+from saecircuits.core.progress import TokenBar
+from saecircuits.core.tensors import save_tensors
+from saecircuits.model.loading import fingerprint
+from saecircuits.text.config import Split
+from saecircuits.text.source import TextSource
 
 FORMAT = 1
 MANIFEST = "manifest.json"

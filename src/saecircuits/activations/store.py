@@ -28,13 +28,14 @@ from pydantic import Field, model_validator
 from transformer_lens import HookedTransformer
 
 from saecircuits.activations.site import Site, expand_sites
-from saecircuits.model import forward as lean_forward
-from saecircuits.model import hooks as hooklib
-from saecircuits.model.loading import special_token_ids
 from saecircuits.core import distributed
 from saecircuits.core.config import Config
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.text.source import Split, TextSource
+from saecircuits.model import forward as lean_forward
+from saecircuits.model import hooks as hooklib
+from saecircuits.model.loading import special_token_ids
+from saecircuits.text.config import Split
+from saecircuits.text.source import TextSource
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -27,7 +27,7 @@ from saecircuits.core.errors import SaecircuitsError
 from saecircuits.dashboards.config import DashboardConfig
 from saecircuits.heads.config import HeadGraphConfig
 from saecircuits.matching.config import MatchConfig
-from saecircuits.text.source import TextConfig
+from saecircuits.text.config import TextConfig
 
 
 @command
@@ -74,11 +74,12 @@ def cache(
     split: str = typer.Option("train", "--split", help="train | eval"),
 ) -> None:
     """Run the model over text once and cache activations of many hook sites as safetensors shards."""
-    from saecircuits.model import loading as m
     from saecircuits.activations.cache import build_cache, cache_size_bytes
-    from saecircuits.core.config import validate
     from saecircuits.activations.store import StoreConfig
-    from saecircuits.text.source import TextConfig, TextSource
+    from saecircuits.core.config import validate
+    from saecircuits.model import loading as m
+    from saecircuits.text.config import TextConfig
+    from saecircuits.text.source import TextSource
 
     if split not in ("train", "eval"):
         raise SaecircuitsError(f"--split must be train or eval, got '{split}'")

@@ -96,8 +96,8 @@ def _sites(cfg: DemoConfig) -> list[str]:
 
 def train_stage(cfg: DemoConfig, model, out: Path, run: Run) -> dict:
     """TopK SAEs on ``blocks.{L}.hook_resid_post`` for every demo layer, one cached stream."""
-    from saecircuits.model import hooks
     from saecircuits.core.config import validate
+    from saecircuits.model import hooks
     from saecircuits.training.config import TrainConfig
     from saecircuits.training.run import train
 
@@ -145,12 +145,12 @@ def dashboards_stage(cfg: DemoConfig, model, out: Path, trained: dict, run: Run)
 
 def matching_stage(cfg: DemoConfig, model, out: Path, trained: dict) -> dict:
     """Every pair of the demo's SAEs, matched by activations over the same text (one forward pass)."""
-    from saecircuits.model.hooks import layer_of
     from saecircuits.core.files import plain_json
     from saecircuits.matching.activations import match_saes
     from saecircuits.matching.config import MatchConfig
     from saecircuits.matching.outputs import write_match
     from saecircuits.matching.result import MatchResult
+    from saecircuits.model.hooks import layer_of
     from saecircuits.sae import format as sae_format
 
     def fn(folder: Path) -> dict:

@@ -19,8 +19,14 @@ from saecircuits.core.files import ensure_dir
 from saecircuits.matching.activations import match_saes, sae_names
 from saecircuits.matching.config import MatchConfig
 from saecircuits.matching.flow import feature_flow
-from saecircuits.matching.outputs import (pair_name, write_chains, write_flow, write_match, write_weight_match,
-                                          write_weight_summaries)
+from saecircuits.matching.outputs import (
+    pair_name,
+    write_chains,
+    write_flow,
+    write_match,
+    write_weight_match,
+    write_weight_summaries,
+)
 from saecircuits.matching.result import MatchResult
 from saecircuits.matching.weights import feature_chains, weight_match
 from saecircuits.model import loading as models

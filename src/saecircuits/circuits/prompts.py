@@ -32,7 +32,6 @@ from saecircuits.circuits.task import GreaterThanTask, Task
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.model.loading import special_token_ids
 
-
 # --- word lists (filtered per tokenizer: only single-token words are used) ---------------------
 
 NAMES = [

@@ -40,7 +40,8 @@ from saecircuits.circuits.patching import HeadPatcher
 from saecircuits.circuits.results import Circuit, CircuitResult, EdgeResults, HeadEffects, SAECodeResults
 from saecircuits.circuits.task import Task
 from saecircuits.circuits.validation import faithfulness_by_size, validate_circuit
-from saecircuits.core.files import ensure_dir, save_tensors, write_json, write_text
+from saecircuits.core.files import ensure_dir, write_json, write_text
+from saecircuits.core.tensors import save_tensors
 from saecircuits.model.hooks import head_name
 
 Say = Callable[[str], None]

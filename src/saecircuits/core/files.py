@@ -16,10 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
-
 from saecircuits.core.errors import SaecircuitsError
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
@@ -108,7 +104,7 @@ def plain_json(obj: Any) -> Any:
         return {k if isinstance(k, str) else str(k): plain_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [plain_json(v) for v in obj]
-    if isinstance(obj, torch.dtype):
+    if type(obj).__module__ == "torch" and type(obj).__name__ == "dtype":  # torch.dtype, without importing torch
         return str(obj).removeprefix("torch.")
     if isinstance(obj, Path):
         return str(obj)
@@ -141,42 +137,6 @@ def refuse_pickle(path: str | Path) -> None:
             f"{path} looks like a pickle file ({path.suffix}); saecircuits never loads pickles because they can run code",
             "convert it to safetensors (safetensors.torch.save_file) and pass that instead",
         )
-
-
-def save_tensors(target: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Write tensors as safetensors, atomically. Tensors are made contiguous and unshared."""
-    clean = {k: v.detach().contiguous().clone() if _shares_storage(v, tensors) else v.detach().contiguous() for k, v in tensors.items()}
-    with atomic_path(target, suffix=".safetensors") as tmp:
-        try:
-            save_file(clean, str(tmp), metadata=metadata)
-        except SafetensorError as e:  # an I/O error while writing (a full disk) arrives as this
-            raise OSError(str(e)) from e
-    return Path(target)
-
-
-def _shares_storage(v: torch.Tensor, all_tensors: dict[str, torch.Tensor]) -> bool:
-    ptr = v.untyped_storage().data_ptr()
-    return sum(1 for w in all_tensors.values() if w.untyped_storage().data_ptr() == ptr) > 1
-
-
-def load_tensors(path: str | Path, device: str | torch.device = "cpu", what: str = "weights file") -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a truncated or corrupt file is one clear error."""
-    path = Path(path)
-    refuse_pickle(path)
-    if not path.is_file():
-        raise SaecircuitsError(f"{what} {path} does not exist")
-    try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise SaecircuitsError(f"{what} {path} is truncated or corrupt ({e})", "regenerate it; it was not modified") from e
-
-
-def tensors_metadata(path: str | Path) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError) as e:
-        raise SaecircuitsError(f"{path} is truncated or corrupt ({e})", "regenerate it") from e
 
 
 def replace_dir(tmp_dir: Path, target: Path) -> None:

@@ -29,20 +29,22 @@ import torch
 from saecircuits.activations.site import Site
 from saecircuits.activations.store import ModelActivations, site_widths
 from saecircuits.core.config import validate
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import ensure_dir, read_json, recover_dir, staged_dir, write_json, write_text
+from saecircuits.core.progress import TokenBar
+from saecircuits.core.tensors import load_tensors, save_tensors
+from saecircuits.core.tracking import Run
 from saecircuits.dashboards import html as H
 from saecircuits.dashboards import neuronpedia
 from saecircuits.dashboards.config import DashboardConfig
 from saecircuits.dashboards.stats import STATE_FORMAT, WINDOW_PAD, FeatureStats
 from saecircuits.dashboards.weights import logit_effects, nearest_features
-from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, load_tensors, read_json, recover_dir, save_tensors, staged_dir, write_json, write_text
-from saecircuits.core.progress import TokenBar
-from saecircuits.text.source import TextConfig, TextSource
-from saecircuits.core.tracking import Run
 from saecircuits.model.loading import fingerprint
 from saecircuits.model.loading import load as load_model
 from saecircuits.sae import format as sae_format
 from saecircuits.sae.directions import residual_directions
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import TextSource
 
 
 def build_dashboards(sae_dir: str | Path, model: str = "smollm2-135m", text_source: str = "stdlib",

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from saecircuits.core.config import Config
 from saecircuits.core.tracking import WandbConfig
-from saecircuits.text.source import TextConfig
+from saecircuits.text.config import TextConfig
 
 
 class DashboardConfig(Config):

@@ -40,7 +40,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, save_tensors, write_json, write_text
+from saecircuits.core.files import ensure_dir, write_json, write_text
+from saecircuits.core.tensors import save_tensors
 from saecircuits.heads.config import HeadGraphConfig
 from saecircuits.model.hooks import head_name
 from saecircuits.model.loading import load

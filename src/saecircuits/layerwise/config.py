@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from saecircuits.core.config import Config
-from saecircuits.text.source import Split, TextConfig
+from saecircuits.text.config import Split, TextConfig
 
 
 class StreamConfig(Config):

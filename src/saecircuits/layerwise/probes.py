@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from saecircuits.activations.site import Site
+from saecircuits.activations.store import ModelActivations
 from saecircuits.circuits import tasks
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.layerwise.config import ProbeConfig
 from saecircuits.layerwise.results import ProbeByLayer, ProbeResult, SaeProbe
 from saecircuits.layerwise.stream import stream_hooks, stream_labels
-from saecircuits.activations.site import Site
-from saecircuits.activations.store import ModelActivations
-from saecircuits.text.source import TextConfig, iter_documents
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import iter_documents
 
 BUILTIN = ("code-vs-prose", "old-vs-new-testament")
 

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 import torch
 from transformer_lens import HookedTransformer
 
-from saecircuits.core.errors import SaecircuitsError
 from saecircuits.activations.site import Site
 from saecircuits.activations.store import ModelActivations
+from saecircuits.core.errors import SaecircuitsError
 from saecircuits.layerwise.config import StreamConfig
-from saecircuits.text.source import Split, TextSource
+from saecircuits.text.config import Split
+from saecircuits.text.source import TextSource
 
 
 def stream_hooks(model: HookedTransformer) -> list[str]:

@@ -18,17 +18,19 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from saecircuits.activations.store import ActivationStore, StoreConfig
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, load_tensors, read_json, save_tensors, write_json
+from saecircuits.core.files import ensure_dir, read_json, write_json
 from saecircuits.core.progress import note
+from saecircuits.core.tensors import load_tensors, save_tensors
 from saecircuits.layerwise.config import TunedLensConfig
 from saecircuits.layerwise.results import TunedLensEval, TunedLensSummary
 from saecircuits.layerwise.stream import stream_hooks, stream_labels
 from saecircuits.model.frozen import frozen
 from saecircuits.model.loading import fingerprint
 from saecircuits.model.unembed import unembed
-from saecircuits.activations.store import ActivationStore, StoreConfig
-from saecircuits.text.source import TextConfig, TextSource
+from saecircuits.text.config import TextConfig
+from saecircuits.text.source import TextSource
 
 WEIGHTS, META = "tuned_lens.safetensors", "tuned_lens.json"
 

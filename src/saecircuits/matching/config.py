@@ -10,8 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from saecircuits.core.config import Config
-from saecircuits.text.alignment import Rule
-from saecircuits.text.source import TextConfig
+from saecircuits.text.config import Rule, TextConfig
 
 Method = Literal["hungarian", "best", "greedy"]
 

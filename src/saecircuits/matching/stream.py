@@ -15,8 +15,9 @@ import torch
 from saecircuits.activations.site import Site, expand_sites
 from saecircuits.activations.store import ModelActivations
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.text.alignment import Rule, Side, aligned_batches
-from saecircuits.text.source import TextConfig, TextSource, iter_documents
+from saecircuits.text.alignment import Side, aligned_batches
+from saecircuits.text.config import Rule, TextConfig
+from saecircuits.text.source import TextSource, iter_documents
 
 SIDES = ("a", "b")
 

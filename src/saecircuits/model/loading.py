@@ -30,8 +30,9 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import load_tensors, save_tensors, staged_dir, write_json
+from saecircuits.core.files import staged_dir, write_json
 from saecircuits.core.progress import note
+from saecircuits.core.tensors import load_tensors, save_tensors
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_FORMAT = 1

@@ -16,14 +16,14 @@ import platform
 import re
 from pathlib import Path
 
-import torch
-
 from saecircuits.circuits.results import CircuitResult, EdgeResults
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import load_tensors, plain_json, read_json
+from saecircuits.core.files import plain_json, read_json
+from saecircuits.core.tensors import load_tensors
 from saecircuits.layerwise import results as layer_results
 from saecircuits.matching.outputs import pair_folder
 from saecircuits.matching.result import MatchedPair, MatchResult
+from saecircuits.report.attention import attention_section
 from saecircuits.training.summary import SpliceMetrics, TrainedSAE, TrainingSummary, read_summary
 
 SCHEMA = "saecircuits.report/1"
@@ -51,7 +51,7 @@ def collect(run_dir: str | Path, report_dir: str | Path | None = None, model=Non
     results["matching"] = _section(ctx, "matching", lambda: _matching(ctx, top_pairs))
     results["heads"] = _section(ctx, "heads", lambda: _heads(ctx, top_edges))
     results["circuit"] = _section(ctx, "circuit", lambda: _circuit(ctx))
-    results["attention"] = _attention(ctx, results, model, attention, attention_heads)
+    results["attention"] = attention_section(results, model, attention, attention_heads)
     results["head_pages"] = _head_pages(ctx, results)
     results["layers"] = _section(ctx, "layers", lambda: _layers(ctx))
     configs = {"matching": results["matching"].get("config"), "heads": results["heads"].get("config"),
@@ -382,58 +382,6 @@ def _role(head: str, composition: list[dict], data_edges: list[dict]) -> str:
     return "; ".join(parts)
 
 
-# --- attention patterns ---------------------------------------------------------------------------
-
-def key_heads(circuit: dict, n: int) -> list[str]:
-    """The circuit's ``n`` heads with the largest |patching effect|."""
-    rows = sorted(circuit.get("head_rows", []), key=lambda r: -abs(r["patching_effect"] or 0.0))
-    return [r["head"] for r in rows[:n]]
-
-
-@torch.no_grad()
-def attention_patterns(model, tokens: torch.Tensor, heads: list[str]) -> dict:
-    """Attention patterns of ``heads`` (``L.H``) on one prompt ``tokens`` [1, pos]: {tokens, heads: [{head, pattern [q][k]}]}."""
-    layers = sorted({int(h.split(".")[0]) for h in heads})
-    names = {f"blocks.{L}.attn.hook_pattern" for L in layers}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=max(layers) + 1)
-    out = []
-    for h in heads:
-        L, i = (int(x) for x in h.split("."))
-        out.append({"head": h, "pattern": [[round(float(v), 5) for v in row] for row in cache[f"blocks.{L}.attn.hook_pattern"][0, i]]})
-    return {"tokens": model.to_str_tokens(tokens[0]), "heads": out}
-
-
-def _attention(ctx: _Context, results: dict, model, enabled: bool, n: int) -> dict:
-    circuit = results["circuit"]
-    if "missing" in circuit:
-        return {"missing": "no circuit"}
-    if circuit.get("attention"):
-        return circuit.pop("attention")
-    circuit.pop("attention", None)
-    if not enabled:
-        return {"missing": "attention patterns were not computed (--no-attention)"}
-    heads = key_heads(circuit, n)
-    if model is None:
-        from saecircuits.model import loading as models
-
-        try:
-            model = models.load(circuit["model"])
-        except SaecircuitsError as e:
-            return {"missing": f"the model {circuit['model']} could not be loaded for attention patterns: {e}"}
-    from saecircuits.circuits import tasks  # lazy: TransformerLens, needed only to rebuild the task's prompt
-
-    cfg = circuit.get("config", {})
-    task = tasks.build(circuit["task"], model, n=cfg.get("prompts", 16), seed=cfg.get("seed", 0),
-                       **(cfg.get("task_options") or {}))
-    result = attention_patterns(model, task.clean[:1], heads)
-    result["prompt"] = model.to_string(task.clean[0])
-    examples = circuit.get("examples") or []
-    if examples and not result["prompt"].endswith(examples[0]):
-        result["warning"] = f"the rebuilt task's first prompt differs from the circuit's first example {examples[0]!r}"
-    result["selection"] = f"the circuit's {len(heads)} heads with the largest |patching effect|, on the task's first clean prompt"
-    return result
-
-
 # --- per-head pages -------------------------------------------------------------------------------
 
 def _head_pages(ctx: _Context, results: dict) -> dict:
@@ -489,4 +437,4 @@ def load_results(path: str | Path) -> dict:
     return r
 
 
-__all__ = ["SCHEMA", "attention_patterns", "collect", "key_heads", "load_results"]
+__all__ = ["SCHEMA", "collect", "load_results"]

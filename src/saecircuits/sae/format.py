@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, load_tensors, read_json, save_tensors, staged_dir, write_json
-from saecircuits.sae import ARCHITECTURES, SAEConfig, SparseAutoencoder
 from saecircuits.activations.site import Site
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import ensure_dir, read_json, staged_dir, write_json
+from saecircuits.core.tensors import load_tensors, save_tensors
+from saecircuits.sae import ARCHITECTURES, SAEConfig, SparseAutoencoder
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from saecircuits.core.errors import SaecircuitsError
-
-Rule = Literal["boundary", "cover"]
+from saecircuits.text.config import Rule
 
 
 @dataclass

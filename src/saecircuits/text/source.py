@@ -24,37 +24,16 @@ import random
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 
-from saecircuits.core.config import Config
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import refuse_pickle
+from saecircuits.text.config import Split, TextConfig
 
 BUILTIN = ("stdlib", "bible", "stdlib+bible")
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
-Split = Literal["train", "eval"]
-
-
-class TextConfig(Config):
-    """A text source and how to cut it into contexts."""
-
-    source: str = Field("stdlib", description="stdlib | bible | stdlib+bible | PATH | hf:NAME[:CONFIG] | tokens:PATH")
-    context_size: int = Field(128, ge=2, le=1_000_000)
-    seed: int = 0
-    eval_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="share of documents held out as the eval split")
-    text_field: str = "text"
-    hf_split: str = "train"
-
-    @field_validator("source")
-    @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("the text source is empty; use stdlib, bible, a path, hf:NAME or tokens:PATH")
-        return v.strip()
 
 
 def in_eval_split(doc_id: str, eval_fraction: float) -> bool:
@@ -262,7 +241,7 @@ def _pretokenized(cfg: TextConfig, split: Split) -> Iterator[np.ndarray]:
     if not path.exists():
         raise SaecircuitsError(f"token file {path} does not exist")
     if path.suffix == ".safetensors":
-        from saecircuits.core.files import load_tensors
+        from saecircuits.core.tensors import load_tensors
 
         data = load_tensors(path, what="token file")
         key = "tokens" if "tokens" in data else "input_ids" if "input_ids" in data else None

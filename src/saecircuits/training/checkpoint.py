@@ -20,7 +20,8 @@ import torch
 
 from saecircuits.core import distributed
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import load_tensors, read_json, save_tensors, staged_dir, write_json
+from saecircuits.core.files import read_json, staged_dir, write_json
+from saecircuits.core.tensors import load_tensors, save_tensors
 
 if TYPE_CHECKING:  # for annotations only: the trainer imports this module
     from saecircuits.training.trainer import Trainer

@@ -15,7 +15,7 @@ from saecircuits.activations.store import StoreConfig
 from saecircuits.core.config import Config
 from saecircuits.core.tracking import WandbConfig
 from saecircuits.sae import SAEConfig
-from saecircuits.text.source import TextConfig
+from saecircuits.text.config import TextConfig
 
 MAX_SAES = 1024  # a sweep past this is almost surely a typo (and would not fit in memory)
 SWEEPABLE = {"hook", "hook_out", "architecture", "d_sae", "expansion", "k", "lr", "l1_coefficient", "l0_coefficient", "seed", "aux_coefficient"}

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from saecircuits.sae import SparseAutoencoder
 from saecircuits.activations.site import Site
 from saecircuits.activations.store import ModelActivations, site_rows
+from saecircuits.sae import SparseAutoencoder
 
 
 @dataclass
