@@ -78,3 +78,22 @@ def test_staged_dir_swaps_in_whole_or_leaves_the_target_alone(tmp_path):
     with staged_dir(target, ".out.") as tmp:
         (tmp / "b.txt").write_text("second")
     assert [p.name for p in target.iterdir()] == ["b.txt"]  # replaced whole
+
+
+def test_read_csv_rows_checks_the_file_and_its_header(tmp_path):
+    from saecircuits.core.errors import SaecircuitsError
+    from saecircuits.core.files import read_csv_rows
+
+    good = tmp_path / "good.csv"
+    good.write_text("prompt,answer\nThe capital of France is, Paris\n", encoding="utf-8")
+    assert read_csv_rows(good, ("prompt", "answer")) == [{"prompt": "The capital of France is", "answer": " Paris"}]
+    with pytest.raises(SaecircuitsError, match="prompt CSV .* does not exist"):
+        read_csv_rows(tmp_path / "none.csv", ("prompt", "answer"), what="prompt CSV")
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("text,label\nx,y\n", encoding="utf-8")
+    with pytest.raises(SaecircuitsError, match=r"needs a header with columns prompt and answer \(it has: text, label\)"):
+        read_csv_rows(wrong, ("prompt", "answer"))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt,answer\ncaf\xe9,x\n".encode("latin-1"))
+    with pytest.raises(SaecircuitsError, match="not a readable UTF-8 CSV"):
+        read_csv_rows(latin, ("prompt", "answer"))

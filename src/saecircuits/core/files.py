@@ -7,6 +7,7 @@ target, so a reader never sees a half-written file and a crash leaves the old fi
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -117,6 +118,22 @@ def plain_json(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return plain_json(obj.item())
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_csv_rows(path: str | Path, columns: tuple[str, ...], what: str = "CSV") -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV whose header holds ``columns``; a missing, unreadable or wrong file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaecircuitsError(f"{what} {path} does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise SaecircuitsError(f"{path} is not a readable UTF-8 CSV ({e})") from None
+    if not rows or not set(columns) <= set(rows[0]):
+        have = ", ".join(rows[0]) if rows else "no rows"
+        raise SaecircuitsError(f"{path} needs a header with columns {' and '.join(columns)} (it has: {have})")
+    return rows
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

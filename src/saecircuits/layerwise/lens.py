@@ -10,14 +10,12 @@ first depth where the answer is top-1, and the first depth from which it stays t
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import torch
 from transformer_lens import HookedTransformer
 
 from saecircuits.circuits import tasks
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import read_csv_rows
 from saecircuits.layerwise.results import DepthSummary, LensByLayer, LensResult, PromptReading
 from saecircuits.layerwise.stream import stream_labels
 from saecircuits.layerwise.tuned import TunedLens
@@ -148,16 +146,7 @@ def _index_summary(idx: list[int], labels: list[str], n: int) -> DepthSummary:
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
     """Prompts and answers from a CSV with a header and columns ``prompt`` and ``answer``."""
-    p = Path(path)
-    if not p.is_file():
-        raise SaecircuitsError(f"prompt CSV {p} does not exist")
-    try:
-        with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise SaecircuitsError(f"{p} is not a readable UTF-8 CSV ({e})") from None
-    if not rows or not {"prompt", "answer"} <= set(rows[0]):
-        raise SaecircuitsError(f"{p} needs a header with columns prompt and answer (it has: {', '.join(rows[0]) if rows else 'no rows'})")
+    rows = read_csv_rows(path, ("prompt", "answer"), what="prompt CSV")
     return [r["prompt"] for r in rows], [r["answer"] for r in rows]
 
 

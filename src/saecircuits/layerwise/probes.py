@@ -14,7 +14,6 @@ labels built from a circuit task (``task:ioi``: clean vs corrupted prompts; ``ta
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata
 import json
 import random
@@ -29,6 +28,7 @@ from saecircuits.activations.site import Site
 from saecircuits.activations.store import ModelActivations
 from saecircuits.circuits import tasks
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.files import read_csv_rows
 from saecircuits.layerwise.config import ProbeConfig
 from saecircuits.layerwise.results import ProbeByLayer, ProbeResult, SaeProbe
 from saecircuits.layerwise.stream import stream_hooks, stream_labels
@@ -79,18 +79,8 @@ def from_texts(model: HookedTransformer, texts: list[str], labels: list[str], so
 
 def from_csv(model: HookedTransformer, path: str | Path, max_tokens: int | None = 128) -> Labelled:
     """A CSV with a header and columns ``text`` and ``label``."""
-    path = Path(path)
-    if not path.is_file():
-        raise SaecircuitsError(f"labelled CSV {path} does not exist")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise SaecircuitsError(f"{path} is not a readable UTF-8 CSV ({e})") from None
-    if not rows or not {"text", "label"} <= set(rows[0]):
-        have = ", ".join(rows[0]) if rows else "no rows"
-        raise SaecircuitsError(f"{path} needs a header with columns text and label (it has: {have})")
-    return from_texts(model, [r["text"] for r in rows], [r["label"] for r in rows], str(path), max_tokens)
+    rows = read_csv_rows(path, ("text", "label"), what="labelled CSV")
+    return from_texts(model, [r["text"] for r in rows], [r["label"] for r in rows], str(Path(path)), max_tokens)
 
 
 def _windows(model: HookedTransformer, docs: list[tuple[str, str]], n: int, n_tokens: int, rng: random.Random) -> list[torch.Tensor]:
