@@ -1,4 +1,5 @@
-"""The import-linter contract of pyproject.toml holds, and it does catch an upward import.
+"""The package layout holds: the import-linter contract of pyproject.toml (which does catch an upward
+import) and the size limits of scripts/sizes.py.
 
 `make test` runs lint-imports on the tree itself; this test also shows the contract is not vacuous:
 on a copy of the package with one upward import added (core importing app), it breaks.
@@ -41,3 +42,10 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     done = lint(src, tmp_path)
     assert done.returncode != 0
     assert "saecircuits.core is not allowed to import saecircuits.app" in done.stdout
+
+
+def test_size_limits_hold():
+    """scripts/sizes.py: no module over 500 lines, function over 60, class over 250; at most six top-level modules."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "sizes.py"), str(ROOT / "src" / "saecircuits")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
