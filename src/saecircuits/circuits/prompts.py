@@ -17,6 +17,9 @@ like its task (``tasks.BUILDERS`` looks them up by the names in ``task_names.TAS
 - ``colored_objects``: Ippolito & Callison-Burch / Merullo et al. ("Circuit Component Reuse"):
   "On the table, I see a red pen, a blue book, and a green cup. What color is the book? The book
   is" -> " blue"; corrupted: the three colors replaced by three others.
+
+``splits`` builds held-out train / val / test sets of ``ioi`` and ``greater_than`` from the same word
+lists, tokenization checks and task assembly (``ioi_task``, ``year_pair``, ``year_task``).
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ LIST_ITEMS = ["eggs", "milk", "bread", "apples", "rice", "cheese", "butter", "su
               "pasta", "beans", "fish", "chicken", "oranges", "bananas", "flour", "soap", "juice", "onions",
               "carrots", "potatoes", "tomatoes", "lemons", "honey", "oil", "cereal", "yogurt", "grapes"]
 LIST_PEOPLE = [("Tom", "he"), ("Anna", "she"), ("John", "he"), ("Mary", "she"), ("Paul", "he"), ("Lucy", "she")]
+# greater-than (Hanna et al.): {start} is the full start year, {end} the century (and, with one token a digit,
+# the tens digit of the start year) the model continues
+YEAR_TEMPLATE = "The {noun} lasted from the year {start} to the year {end}"
+YEAR_CENTURIES = range(11, 18)  # the start year's century: 11xx .. 17xx
+YEAR_YYS = range(2, 99)  # the start year's last two digits YY (never 00 or 01, the corruption)
 YEAR_NOUNS = ["war", "expedition", "reign", "drought", "dynasty", "siege", "journey", "voyage", "famine", "campaign",
               "plague", "occupation", "rebellion", "strike", "era", "partnership", "marriage", "project"]
 
@@ -92,15 +100,16 @@ def single_token_words(model: HookedTransformer, words: Sequence[str], prefix: s
     return out
 
 
-def _need(model: HookedTransformer, what: str, found: dict, k: int) -> None:
+def need_words(model: HookedTransformer, what: str, found: dict, k: int) -> None:
+    """Refuse a task when fewer than ``k`` of the candidate ``what`` are single tokens (``found``)."""
     if len(found) < k:
         raise SaecircuitsError(f"only {len(found)} of the candidate {what} are single tokens for "
                                f"{model.cfg.model_name}; the task needs at least {k}",
                                "this tokenizer splits common words; pass your own word lists")
 
 
-def _tokenize_pairs(model: HookedTransformer, name: str, clean: list[str], corrupted: list[str],
-                    groups: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int], dict]:
+def tokenize_pairs(model: HookedTransformer, name: str, clean: list[str], corrupted: list[str],
+                   groups: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int], dict]:
     """Tokenize prompt pairs and keep those at the most common length (clean == corrupted length).
 
     Returns clean [k, pos], corrupted [k, pos], the kept indices and a record of what was dropped.
@@ -121,7 +130,7 @@ def _tokenize_pairs(model: HookedTransformer, name: str, clean: list[str], corru
     return (torch.stack([toks_c[i] for i in keep]), torch.stack([toks_x[i] for i in keep]), keep, info)
 
 
-def _check_in_prompt(name: str, tokens: torch.Tensor, ids: torch.Tensor, what: str) -> None:
+def check_in_prompt(name: str, tokens: torch.Tensor, ids: torch.Tensor, what: str) -> None:
     """Every id must occur in its prompt (a tokenization check: the word was written as that token)."""
     present = (tokens[:, :, None] == ids[:, None, :]).any(1).all(1) if ids.dim() == 2 else (tokens == ids[:, None]).any(1)
     if not bool(present.all()):
@@ -138,9 +147,9 @@ def ioi(model: HookedTransformer, n: int = 64, seed: int = 0, templates: Sequenc
     names = single_token_words(model, NAMES)
     places = single_token_words(model, IOI_PLACES)
     objects = single_token_words(model, IOI_OBJECTS)
-    _need(model, "names", names, 3)
-    _need(model, "places", places, 1)
-    _need(model, "objects", objects, 1)
+    need_words(model, "names", names, 3)
+    need_words(model, "places", places, 1)
+    need_words(model, "objects", objects, 1)
     clean, corrupted, groups, ans = [], [], [], []
     for _ in range(n * 3):  # oversample: pairs at another length are dropped
         t = rng.randrange(len(templates))
@@ -153,16 +162,26 @@ def ioi(model: HookedTransformer, n: int = 64, seed: int = 0, templates: Sequenc
         corrupted.append((head.format(A=a, B=b, **fill) + c + tail.format(**fill)))
         groups.append(f"template {t}")
         ans.append((names[a], names[b]))
-    tc, tx, keep, info = _tokenize_pairs(model, "ioi", clean, corrupted, groups)
+    return ioi_task(model, clean, corrupted, groups, ans, n, len(names))[0]
+
+
+def ioi_task(model: HookedTransformer, clean: list[str], corrupted: list[str], groups: list[str],
+             ans: list[tuple[int, int]], n: int, n_names: int) -> tuple[Task, list[int]]:
+    """The IOI ``Task`` from prompt pairs: the first ``n`` pairs that tokenize alike, and their indices.
+
+    ``ans``: (indirect object id, subject id) a prompt; ``groups``: a label a prompt (kept ones are
+    recorded in the info); ``n_names``: how many names the prompts were drawn from (for the info).
+    """
+    tc, tx, keep, info = tokenize_pairs(model, "ioi", clean, corrupted, groups)
     keep = keep[:n]
     tc, tx = tc[:n], tx[:n]
     answers = torch.tensor([ans[i][0] for i in keep])
     wrong = torch.tensor([[ans[i][1]] for i in keep])
-    _check_in_prompt("ioi", tc, answers, "indirect object")
-    _check_in_prompt("ioi", tc, wrong, "subject")
-    info.update(n=len(keep), names=len(names), examples=[clean[i] for i in keep[:3]],
+    check_in_prompt("ioi", tc, answers, "indirect object")
+    check_in_prompt("ioi", tc, wrong, "subject")
+    info.update(n=len(keep), names=n_names, examples=[clean[i] for i in keep[:3]],
                 corrupted_examples=[corrupted[i] for i in keep[:3]])
-    return Task("ioi", tc, tx, answers, wrong, metric_name="logit_diff IO-S", chance=0.5, info=info)
+    return Task("ioi", tc, tx, answers, wrong, metric_name="logit_diff IO-S", chance=0.5, info=info), keep
 
 
 def induction(model: HookedTransformer, n: int = 64, seed: int = 0, half: int = 10,
@@ -196,9 +215,8 @@ def induction(model: HookedTransformer, n: int = 64, seed: int = 0, half: int = 
                 metric_name="logit_diff repeat-fresh", chance=0.5, info=info)
 
 
-def greater_than(model: HookedTransformer, n: int = 64, seed: int = 0) -> GreaterThanTask:
-    """Greater-than on years; corrupted: the start year's last two digits become 01."""
-    rng = random.Random(seed)
+def year_digits(model: HookedTransformer) -> tuple[torch.Tensor, tuple[int, ...], str]:
+    """How greater-than reads years with this tokenizer: (digit ids [100] or [10], metric positions, mode)."""
     two_digit = [single_token(model, f"{i:02d}") for i in range(100)]
     digits = [single_token(model, str(i)) for i in range(10)]
     if all(t is not None for t in two_digit):
@@ -208,17 +226,46 @@ def greater_than(model: HookedTransformer, n: int = 64, seed: int = 0) -> Greate
     else:
         raise SaecircuitsError(f"greater_than: {model.cfg.model_name}'s tokenizer writes neither every two-digit "
                                "number nor every digit as one token")
+    return digit_ids, positions, digit_mode
+
+
+def year_pair(template: str, noun: str, century: int, yy: int, positions: tuple[int, ...]) -> tuple[str, str]:
+    """A greater-than prompt and its corruption (the start year's last two digits YY become 01).
+
+    ``template`` has the fields {noun}, {start} and {end}; with one token a digit
+    (``positions == (-2, -1)``) the end year gets the tens digit of YY appended.
+    """
+    tail = "" if len(positions) == 1 else str(yy // 10)  # digit tokenizers: append the tens digit
+    end = f"{century}{tail}"
+    return (template.format(noun=noun, start=f"{century}{yy:02d}", end=end),
+            template.format(noun=noun, start=f"{century}01", end=end))
+
+
+def greater_than(model: HookedTransformer, n: int = 64, seed: int = 0) -> GreaterThanTask:
+    """Greater-than on years; corrupted: the start year's last two digits become 01."""
+    rng = random.Random(seed)
+    digit_ids, positions, digit_mode = year_digits(model)
     nouns = sorted(single_token_words(model, YEAR_NOUNS))
-    _need(model, "year nouns", dict.fromkeys(nouns), 1)
+    need_words(model, "year nouns", dict.fromkeys(nouns), 1)
     clean, corrupted, groups, yys = [], [], [], []
     for _ in range(n * 3):
-        noun, century, yy = rng.choice(nouns), rng.randrange(11, 18), rng.randrange(2, 99)
-        tail = "" if len(positions) == 1 else str(yy // 10)  # digit tokenizers: append the tens digit
-        clean.append(f"The {noun} lasted from the year {century}{yy:02d} to the year {century}{tail}")
-        corrupted.append(f"The {noun} lasted from the year {century}01 to the year {century}{tail}")
+        noun = rng.choice(nouns)
+        century = rng.randrange(YEAR_CENTURIES.start, YEAR_CENTURIES.stop)
+        yy = rng.randrange(YEAR_YYS.start, YEAR_YYS.stop)
+        c, x = year_pair(YEAR_TEMPLATE, noun, century, yy, positions)
+        clean.append(c)
+        corrupted.append(x)
         groups.append(noun)
         yys.append(yy)
-    tc, tx, keep, info = _tokenize_pairs(model, "greater_than", clean, corrupted, groups)
+    return year_task(model, clean, corrupted, groups, yys, n, digit_ids, positions, digit_mode)[0]
+
+
+def year_task(model: HookedTransformer, clean: list[str], corrupted: list[str], groups: list[str], yys: list[int],
+              n: int, digit_ids: torch.Tensor, positions: tuple[int, ...],
+              digit_mode: str) -> tuple[GreaterThanTask, list[int]]:
+    """The greater-than ``Task`` from prompt pairs (``year_pair``): the first ``n`` that tokenize alike, and their
+    indices. ``yys``: each prompt's start-year YY; the rest as ``year_digits`` returns them."""
+    tc, tx, keep, info = tokenize_pairs(model, "greater_than", clean, corrupted, groups)
     keep, tc, tx = keep[:n], tc[:n], tx[:n]
     yy = torch.tensor([yys[i] for i in keep])
     if len(positions) == 2 and not bool((tc[:, -1] == digit_ids[yy // 10]).all()):
@@ -227,7 +274,8 @@ def greater_than(model: HookedTransformer, n: int = 64, seed: int = 0) -> Greate
     # answers/wrong are unused by the metric; keep the tens digits so the interface stays uniform
     return GreaterThanTask("greater_than", tc, tx, digit_ids[yy // 10 if len(positions) == 2 else yy],
                            digit_ids[None, :].expand(len(keep), -1).clone(), positions=positions,
-                           metric_name="P(>YY)-P(<=YY)", chance=0.5, info=info, threshold=yy, digit_ids=digit_ids)
+                           metric_name="P(>YY)-P(<=YY)", chance=0.5, info=info, threshold=yy,
+                           digit_ids=digit_ids), keep
 
 
 def list_recall(model: HookedTransformer, n: int = 64, seed: int = 0, n_items: int = 3,
@@ -243,7 +291,7 @@ def list_recall(model: HookedTransformer, n: int = 64, seed: int = 0, n_items: i
         raise SaecircuitsError(f"list_recall: answer_index {answer_index} is outside a list of {n_items}")
     rng = random.Random(seed)
     items = single_token_words(model, LIST_ITEMS)
-    _need(model, "list items", items, 2 * n_items)
+    need_words(model, "list items", items, 2 * n_items)
     people = [(p, pro) for p, pro in LIST_PEOPLE if single_token(model, " " + p) is not None] or [("Tom", "he")]
 
     def join(ws: list[str]) -> str:
@@ -264,11 +312,11 @@ def list_recall(model: HookedTransformer, n: int = 64, seed: int = 0, n_items: i
         corrupted.append(head + join(spare[: n_items - 1]) + tail)
         groups.append(f"answer at {k}")
         ans.append((items[lst[k]], [items[w] for w in again]))
-    tc, tx, keep, info = _tokenize_pairs(model, "list_recall", clean, corrupted, groups)
+    tc, tx, keep, info = tokenize_pairs(model, "list_recall", clean, corrupted, groups)
     keep, tc, tx = keep[:n], tc[:n], tx[:n]
     answers = torch.tensor([ans[i][0] for i in keep])
     wrong = torch.tensor([ans[i][1] for i in keep])
-    _check_in_prompt("list_recall", tc, answers, "answer item")
+    check_in_prompt("list_recall", tc, answers, "answer item")
     info.update(n=len(keep), n_items=n_items, answer_index=answer_index, reorder=reorder,
                 examples=[clean[i] for i in keep[:3]])
     return Task("list_recall", tc, tx, answers, wrong, metric_name="logit_diff answer-others",
@@ -288,8 +336,8 @@ def colored_objects(model: HookedTransformer, n: int = 64, seed: int = 0) -> Tas
     colors = single_token_words(model, COLORS)
     objects = single_token_words(model, COLOR_OBJECTS)
     surfaces = sorted(single_token_words(model, COLOR_SURFACES)) or ["table"]
-    _need(model, "colors", colors, 6)
-    _need(model, "objects", objects, 3)
+    need_words(model, "colors", colors, 6)
+    need_words(model, "objects", objects, 3)
     clean, corrupted, groups, ans = [], [], [], []
     for _ in range(n * 3):
         cs = rng.sample(sorted(colors), 6)
@@ -300,11 +348,11 @@ def colored_objects(model: HookedTransformer, n: int = 64, seed: int = 0) -> Tas
         corrupted.append(COLOR_TEMPLATE.format(**fill, **_colors(cs[3:])))
         groups.append(f"asks object {q}")
         ans.append((colors[cs[q]], [colors[cs[i]] for i in range(3) if i != q]))
-    tc, tx, keep, info = _tokenize_pairs(model, "colored_objects", clean, corrupted, groups)
+    tc, tx, keep, info = tokenize_pairs(model, "colored_objects", clean, corrupted, groups)
     keep, tc, tx = keep[:n], tc[:n], tx[:n]
     answers = torch.tensor([ans[i][0] for i in keep])
     wrong = torch.tensor([ans[i][1] for i in keep])
-    _check_in_prompt("colored_objects", tc, answers, "answer color")
+    check_in_prompt("colored_objects", tc, answers, "answer color")
     info.update(n=len(keep), examples=[clean[i] for i in keep[:3]])
     return Task("colored_objects", tc, tx, answers, wrong, metric_name="logit_diff answer-other colors",
                 chance=1.0 / 3, info=info)
