@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_model
 
 from saecircuits.circuits import ablation, patching, prompts
 from saecircuits.circuits.discovery.edge_attribution import edge_attribution
 from saecircuits.circuits.discovery.edge_patching import patch_edges
-
-from conftest import make_tiny_model
 
 BYTES = range(3, 259)
 

@@ -8,6 +8,7 @@ import math
 import networkx as nx
 import pytest
 import torch
+from conftest import make_tiny_model
 
 from saecircuits.circuits import ablation, patching, prompts, tasks, validation
 from saecircuits.circuits import study as circuit
@@ -17,8 +18,6 @@ from saecircuits.circuits.discovery.edge_attribution import edge_attribution
 from saecircuits.circuits.discovery.edge_patching import patch_edges
 from saecircuits.circuits.results import CircuitResult
 from saecircuits.core.files import plain_json
-
-from conftest import make_tiny_model
 
 BYTES = range(3, 259)
 

@@ -10,31 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from saecircuits.circuits.faithfulness import bootstrap, normalised
 from saecircuits.circuits.patching import HeadPatcher
-
-
-def bootstrap(values: torch.Tensor, stat, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI over prompts (the last dim of ``values``) of ``stat(values[..., idx])``.
-
-    ``stat`` maps [..., n_boot, n] (prompts resampled) to [n_boot].
-    """
-    n = values.shape[-1]
-    if n < 2:
-        v = float(stat(values[..., None, :])[0])
-        return v, v
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(n, (n_boot, n), generator=g)
-    stats = stat(values[..., idx]).double()
-    stats = stats[torch.isfinite(stats)]
-    if len(stats) == 0:
-        return float("nan"), float("nan")
-    lo, hi = torch.quantile(stats, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return float(lo), float(hi)
-
-
-def _normalised(m: torch.Tensor, full: torch.Tensor, none: torch.Tensor) -> torch.Tensor:
-    """(mean m - mean none) / (mean full - mean none) along the last dim."""
-    return (m.mean(-1) - none.mean(-1)) / (full.mean(-1) - none.mean(-1))
 
 
 def random_circuits(n_layers: int, n_heads: int, size: int, count: int, seed: int = 0,
@@ -73,19 +50,19 @@ def validate_circuit(patcher: HeadPatcher, circuit: torch.Tensor, values: torch.
     stacked = torch.stack([full, all_ablated, in_circuit, knocked])  # [4, n]
 
     def stat(i):
-        return lambda x: _normalised(x[i], x[0], x[1])
+        return lambda x: normalised(x[i], x[0], x[1])
 
-    out["faithfulness"] = {"value": float(_normalised(in_circuit, full, all_ablated)),
+    out["faithfulness"] = {"value": float(normalised(in_circuit, full, all_ablated)),
                            "ci": list(bootstrap(stacked, stat(2), n_boot, seed))}
-    out["knockout"] = {"value": float(_normalised(knocked, full, all_ablated)),
+    out["knockout"] = {"value": float(normalised(knocked, full, all_ablated)),
                        "ci": list(bootstrap(stacked, stat(3), n_boot, seed))}
     if len(rand_runs):
-        per_draw = _normalised(rand_runs, full[None], all_ablated[None])  # [R]
+        per_draw = normalised(rand_runs, full[None], all_ablated[None])  # [R]
         with_rand = torch.cat([stacked[:2], rand_runs])  # [2 + R, n]
         out["random"] = {
             "n_circuits": len(rand_runs),
             "faithfulness_mean": float(per_draw.mean()),
-            "ci": list(bootstrap(with_rand, lambda x: _normalised(x[2:], x[0][None], x[1][None]).mean(0), n_boot, seed)),
+            "ci": list(bootstrap(with_rand, lambda x: normalised(x[2:], x[0][None], x[1][None]).mean(0), n_boot, seed)),
             "faithfulness_per_circuit": [float(v) for v in per_draw],
             "share_at_least_circuit": float((per_draw >= out["faithfulness"]["value"]).float().mean()),
         }
@@ -103,6 +80,6 @@ def faithfulness_by_size(patcher: HeadPatcher, scores: torch.Tensor, sizes: list
     circuits = circuits.view(-1, L, H)
     runs = patcher.run(torch.cat([torch.zeros(1, L, H, dtype=torch.bool), circuits, ~circuits]), values)
     full, none = patcher.clean_metric, runs[0]
-    faith = _normalised(runs[1: 1 + len(sizes)], full[None], none[None])
-    knock = _normalised(runs[1 + len(sizes):], full[None], none[None])
+    faith = normalised(runs[1: 1 + len(sizes)], full[None], none[None])
+    knock = normalised(runs[1 + len(sizes):], full[None], none[None])
     return [{"size": s, "faithfulness": float(f), "knockout": float(k)} for s, f, k in zip(sizes, faith, knock)]
