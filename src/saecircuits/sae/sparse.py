@@ -42,8 +42,10 @@ class SparseCode:
 
     def dense(self, d_sae: int) -> torch.Tensor:
         """[batch, d_sae] feature activations."""
-        n = self.batch or (self.idx.shape[0] if self.offsets is None else len(self.offsets))
-        out = torch.zeros(n, d_sae, dtype=self.vals.dtype, device=self.vals.device)
+        if self.offsets is None:  # fixed k: one scatter along the rows, no flat row index built
+            return torch.zeros(self.idx.shape[0], d_sae, dtype=self.vals.dtype, device=self.vals.device).scatter_add_(
+                1, self.idx, self.vals)
+        out = torch.zeros(self.batch or len(self.offsets), d_sae, dtype=self.vals.dtype, device=self.vals.device)
         out.index_put_((self.rows, self.idx.reshape(-1)), self.vals.reshape(-1), accumulate=True)
         return out
 
