@@ -36,6 +36,19 @@ def make_byte_tokenizer():
     return AutoTokenizer.from_pretrained(folder)
 
 
+def save_tiny_llama(folder, tokenizer, n_layers: int = 2):
+    """A random grouped-query Llama (4 query heads sharing 2 key/value heads, d_model 64) saved with ``tokenizer``
+    as a local Hugging Face folder, the way a user names a model on disk; returns the folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def make_tiny_model(n_layers: int = 3, d_model: int = 32, n_heads: int = 4, n_kv: int | None = None,
                     attn_only: bool = False, seed: int = 0, tokenizer=None, **kw) -> HookedTransformer:
     """A small random TransformerLens model; ``n_kv`` < ``n_heads`` makes it grouped-query."""

@@ -8,7 +8,7 @@ import math
 import networkx as nx
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import make_tiny_model, save_tiny_llama
 
 from saecircuits.circuits import ablation, patching, prompts, tasks, validation
 from saecircuits.circuits import study as circuit
@@ -152,17 +152,10 @@ def test_circuit_command_on_a_local_grouped_query_llama(tmp_path, byte_tokenizer
     import subprocess
     import sys
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from saecircuits.core.config import validate
     from saecircuits.core.errors import SaecircuitsError
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(byte_tokenizer), max_position_embeddings=64)
-    folder = tmp_path / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    byte_tokenizer.save_pretrained(folder)
+    folder = save_tiny_llama(tmp_path / "tiny-llama", byte_tokenizer, n_layers=2)
     out = tmp_path / "circuit"
     run = subprocess.run([sys.executable, "-m", "saecircuits", "circuit", "--model", str(folder), "--task", "induction",
                           "--out", str(out), "--prompts", "8", "--size", "3", "--random", "3", "--no-sae-codes"],

@@ -24,7 +24,7 @@ from saecircuits.heads.graph import (
     weight_graph,
 )
 
-from conftest import make_byte_tokenizer, make_tiny_model
+from conftest import make_byte_tokenizer, make_tiny_model, save_tiny_llama
 
 
 def direct_scores(model) -> dict[str, torch.Tensor]:
@@ -192,14 +192,7 @@ def test_files_round_trip(gqa_model, tmp_path):
 
 
 def test_cli_on_a_local_grouped_query_model(tmp_path, byte_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(byte_tokenizer), max_position_embeddings=64)
-    folder = tmp_path / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    make_byte_tokenizer().save_pretrained(folder)
+    folder = save_tiny_llama(tmp_path / "tiny-llama", make_byte_tokenizer(), n_layers=3)
     out = tmp_path / "graph"
     runner = CliRunner()
     run = runner.invoke(app, ["heads", "--model", str(folder), "--out", str(out), "--top", "2", "--null-draws", "16"])
