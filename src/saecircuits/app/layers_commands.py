@@ -46,7 +46,7 @@ def _layers_stream(text: str, tokens: int, context_size: int, batch_size: int) -
 def _layers_write(out: Path, name: str, result: LayerResult) -> None:
     from saecircuits.layerwise.figures import write
 
-    files = write(out, name, result.to_json())
+    files = write(out, name, result)
     console.print(f"wrote {files['json']} and {', '.join(files['figures'])}")
 
 

@@ -29,18 +29,23 @@ def save_figure(fig, out: str | Path, name: str) -> list[Path]:
     return files.save_figure(fig, Path(out) / name)
 
 
-def write(out: str | Path, name: str, result: dict) -> dict:
-    """``name.json`` and ``name.png`` / ``name.pdf`` in ``out`` of an analysis's JSON; returns the paths written."""
+def write(out: str | Path, name: str, result: LayerResult | dict) -> dict:
+    """``name.json`` and ``name.png`` / ``name.pdf`` in ``out`` of an analysis's result (typed, or its JSON);
+    returns the paths written."""
     out = ensure_dir(out)
-    typed = parse(result)
+    typed = _typed(result)
     json_path = write_json(out / f"{name}.json", typed.to_json())
     return {"json": str(json_path), "figures": [str(p) for p in save_figure(draw(typed), out, name)]}
 
 
 def draw(result: LayerResult | dict):
     """The figure of one analysis's result (typed, or its JSON)."""
-    typed = parse(result) if isinstance(result, dict) else result
+    typed = _typed(result)
     return FIGURES[typed.analysis](typed)
+
+
+def _typed(result: LayerResult | dict) -> LayerResult:
+    return parse(result) if isinstance(result, dict) else result
 
 
 def _x(labels: list) -> tuple[list[int], list[str]]:
