@@ -1,0 +1,190 @@
+"""The model run with a circuit: every edge (or node) outside it reads an ablated sender instead.
+
+``MaskedForward`` runs a ``HookedTransformer`` block by block with TransformerLens's own norms,
+attention (rotary, grouped-query, local windows, q/k norms) and MLP modules, keeping each sender's
+output (see ``computation_graph``) separately. A receiver's input is the residual stream with every
+cut edge's sender output swapped for that sender's output on the ablated run:
+
+    input_r = sum_s out_s  -  sum_s (1 - m_sr) (out_s - abl_s)
+
+``m`` is an edge mask (1 = kept; values in between for learned masks; ``edges``) or a node mask
+(``nodes``, the same for every receiver, and then one residual stream suffices). ``abl`` holds each
+sender's output on the ablated run (the counterfactual prompt, a mean, zeros, ...; see
+``ablations``). With every edge kept this is the model's own forward pass; with none kept it is the
+ablated run. ``delta`` replaces ``out_s - abl_s`` by fixed differences (for attribution methods, whose
+gradient with respect to ``m`` at m = 1 is then delta . d metric / d input_r).
+
+A head's output is z_h W_O_h + b_O / n_heads. Under a norm after the attention output (Gemma's
+post-norms) it is scaled by that norm's weight over the run's own norm scale, so the heads' outputs
+still sum to the block's attention output exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens.HookedTransformer import POST_NORM_ARCHITECTURES
+
+from saecircuits.circuits.computation_graph import ComputationGraph
+from saecircuits.circuits.patching import z_hook
+from saecircuits.core.errors import SaecircuitsError
+from saecircuits.model.unembed import unembed
+
+
+def unsupported(model: HookedTransformer) -> str | None:
+    """Why a circuit cannot be cut from this model (None: it can)."""
+    c = model.cfg
+    if c.original_architecture in POST_NORM_ARCHITECTURES:
+        return f"post-norm blocks ({c.original_architecture})"
+    if c.positional_embedding_type == "shortformer":
+        return "shortformer positions"
+    if c.use_normalization_before_and_after and type(model.blocks[0].ln1_post).__name__ not in ("RMSNorm",):
+        return f"a {type(model.blocks[0].ln1_post).__name__} after the attention output"
+    return None
+
+
+@contextlib.contextmanager
+def split_inputs(model: HookedTransformer) -> Iterator[None]:
+    """Attention takes one input per head (grouped key/value heads stay grouped)."""
+    c = model.cfg
+    saved = (c.use_split_qkv_input, c.ungroup_grouped_query_attention)
+    c.use_split_qkv_input, c.ungroup_grouped_query_attention = True, False
+    try:
+        yield
+    finally:
+        c.use_split_qkv_input, c.ungroup_grouped_query_attention = saved
+
+
+class MaskedForward:
+    """Runs of one model with edge or node masks. Every tensor of senders is [S, ...] in graph order."""
+
+    def __init__(self, model: HookedTransformer):
+        why = unsupported(model)
+        if why is not None:
+            raise SaecircuitsError(f"circuits cannot be cut from {model.cfg.model_name}: it has {why}")
+        self.model, self.graph = model, ComputationGraph.of(model)
+        c = model.cfg
+        self.post_norm = bool(c.use_normalization_before_and_after)
+        self.W_O = torch.stack([b.attn.W_O for b in model.blocks]).detach()  # [L, H, d_head, d_model]
+        self.b_O = torch.stack([b.attn.b_O for b in model.blocks]).detach() / c.n_heads  # [L, d_model], a head's share
+
+    @torch.no_grad()
+    def sender_outputs(self, tokens: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Every sender's output on an unmodified run: [S, n, pos, d_model]."""
+        outs = []
+        for i in range(0, len(tokens), batch_size):
+            kept: list[torch.Tensor] = []
+            self.run(tokens[i: i + batch_size], positions=(-1,), record=kept)
+            outs.append(torch.stack(kept))
+        return torch.cat(outs, 1)
+
+    def run(self, tokens: torch.Tensor, positions: Sequence[int], ablated: torch.Tensor | None = None,
+            edges: torch.Tensor | None = None, nodes: torch.Tensor | None = None,
+            delta: torch.Tensor | None = None, record: list | None = None) -> torch.Tensor:
+        """Logits at ``positions`` with a mask: [M, b, len(positions), vocab].
+
+        ``tokens`` [b, pos]. ``ablated``: [S, b or 1, pos, d_model] sender outputs of the ablated run.
+        ``edges`` [M, S, R] or ``nodes`` [M, n_nodes] (bool or float, 1 = kept); neither: the model
+        itself. ``delta`` [S, b or 1, pos, d_model]: fixed differences in place of out - abl (edges only).
+        ``record``: a list that receives each sender's output (M = 1).
+        """
+        g, model = self.graph, self.model
+        if edges is not None and nodes is not None:
+            raise SaecircuitsError("give edge masks or node masks, not both")
+        masked = edges is not None or nodes is not None
+        if masked and ablated is None and delta is None:
+            raise SaecircuitsError("a masked run needs the ablated run's sender outputs")
+        M = 1 if not masked else (edges if edges is not None else nodes).shape[0]
+        b, p = tokens.shape
+        if edges is not None:
+            edges = edges.to(torch.get_default_dtype())
+            cut = 1 - edges  # [M, S, R]
+        if nodes is not None:
+            nodes = torch.cat([torch.ones_like(nodes[:, :1]), nodes], 1).to(torch.get_default_dtype())  # with input
+        zs: dict[str, torch.Tensor] = {}
+
+        def keep_z(z, hook):
+            zs["z"] = z
+            return z
+
+        # out - abl of the senders so far (edge masks): one buffer filled in place, or under autograd a list of
+        # [n, M, b, p, d] blocks concatenated when read
+        deltas: list[torch.Tensor] = []
+        buffer = not torch.is_grad_enabled()
+
+        def emit(first: int, out: torch.Tensor) -> torch.Tensor:
+            """Take senders first.. (``out`` [n, M*b, p, d]) into the stream: node-masked, recorded, their deltas kept."""
+            n = out.shape[0]
+            if record is not None:
+                record.extend(out.detach().unbind(0))
+            if nodes is not None:
+                keep = nodes[:, first: first + n].T[:, :, None, None, None]  # [n, M, 1, 1, 1]
+                abl = ablated[first: first + n, None]
+                out = (keep * out.view(n, M, b, p, -1) + (1 - keep) * abl).reshape(n, M * b, p, -1)
+            elif edges is not None:
+                d = (delta[first: first + n, None] if delta is not None
+                     else out.view(n, M, b, p, -1) - ablated[first: first + n, None])
+                if not buffer:
+                    deltas.append(d.expand(n, M, b, p, d.shape[-1]))
+                else:
+                    if not deltas:
+                        deltas.append(out.new_empty(len(g.senders), M, b, p, out.shape[-1]))
+                    deltas[0][first: first + n] = d
+            return out.sum(0)
+
+        def receive(stream: torch.Tensor, n_senders: int, recv: slice) -> torch.Tensor | None:
+            """The inputs of receivers ``recv``: [M, R, b, p, d] (None: no edge into them is cut)."""
+            if edges is None:
+                return None
+            w = cut[:, :n_senders, recv]
+            if not w.requires_grad and not bool(w.any()):
+                return None
+            D = deltas[0] if len(deltas) == 1 else torch.cat(deltas, 0)
+            corr = torch.einsum("msr,smbpd->mrbpd", w, D[:n_senders])
+            return stream.view(M, 1, b, p, -1) - corr
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(split_inputs(model))
+            stack.enter_context(model.hooks(fwd_hooks=[(z_hook(L), keep_z) for L in range(g.n_layers)]))
+            x0 = model(tokens, stop_at_layer=0)  # [b, p, d]: the embeddings
+            stream = emit(0, x0[None].repeat(1, M, 1, 1)) if M > 1 else emit(0, x0[None])
+            for L in range(g.n_layers):
+                stream = self._block(L, stream, emit, receive, M, b, p, zs)
+            final = stream.view(M, b, p, -1)[:, :, list(positions)]
+            ins = receive(stream, len(g.senders), slice(len(g.receivers) - 1, len(g.receivers)))
+            if ins is not None:
+                final = ins[:, 0][:, :, list(positions)]
+        logits = unembed(model, final.reshape(M * b, len(positions), -1))
+        return logits.view(M, b, len(positions), -1)
+
+    def _block(self, L: int, stream: torch.Tensor, emit, receive, M: int, b: int, p: int, zs: dict) -> torch.Tensor:
+        """One block: attention from its q/k/v receivers, the heads emitted, then the MLP."""
+        g, blk = self.graph, self.model.blocks[L]
+        H, K = g.n_heads, g.n_kv
+        rb = g.receiver_block(L)
+        ins = receive(stream, g.senders_before(L), slice(rb.start, rb.start + H + 2 * K))
+        if ins is None:
+            q_in = stream[:, :, None].expand(M * b, p, H, stream.shape[-1])
+            k_in = v_in = stream[:, :, None].expand(M * b, p, K, stream.shape[-1])
+        else:
+            per_head = ins.permute(0, 2, 3, 1, 4).reshape(M * b, p, H + 2 * K, -1)  # [M*b, p, R, d]
+            q_in, k_in, v_in = per_head[:, :, :H], per_head[:, :, H: H + K], per_head[:, :, H + K:]
+        blk.attn(query_input=blk.ln1(q_in), key_input=blk.ln1(k_in), value_input=blk.ln1(v_in))
+        z = zs.pop("z")  # [M*b, p, H, d_head]
+        heads = torch.einsum("bphe,hed->hbpd", z, self.W_O[L]) + self.b_O[L]  # [H, M*b, p, d]
+        if self.post_norm:  # the norm after attention, with this run's scale
+            total = heads.sum(0)
+            scale = (total.pow(2).mean(-1, keepdim=True) + blk.ln1_post.eps).sqrt()
+            heads = heads / scale * blk.ln1_post.w
+        before = stream
+        stream = stream + emit(g.head_senders(L).start, heads)
+        if not g.has_mlp:
+            return stream
+        mlp_stream = before if g.parallel else stream
+        ins = receive(mlp_stream, g.senders_before(L, mlp=True), slice(rb.stop - 1, rb.stop))
+        mlp_in = mlp_stream if ins is None else ins[:, 0].reshape(M * b, p, -1)
+        out = blk.apply_mlp(blk.ln2(mlp_in))
+        return stream + emit(g.mlp_sender(L), out[None])
