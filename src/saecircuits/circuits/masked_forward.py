@@ -83,13 +83,17 @@ class MaskedForward:
 
     def run(self, tokens: torch.Tensor, positions: Sequence[int], ablated: torch.Tensor | None = None,
             edges: torch.Tensor | None = None, nodes: torch.Tensor | None = None,
-            delta: torch.Tensor | None = None, record: list | None = None) -> torch.Tensor:
+            delta: torch.Tensor | None = None, record: list | None = None, embeddings: torch.Tensor | None = None,
+            start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits at ``positions`` with a mask: [M, b, len(positions), vocab].
 
         ``tokens`` [b, pos]. ``ablated``: [S, b or 1, pos, d_model] sender outputs of the ablated run.
         ``edges`` [M, S, R] or ``nodes`` [M, n_nodes] (bool or float, 1 = kept); neither: the model
         itself. ``delta`` [S, b or 1, pos, d_model]: fixed differences in place of out - abl (edges only).
-        ``record``: a list that receives each sender's output (M = 1).
+        ``record``: a list that receives each sender's output (M = 1). ``embeddings`` [b, pos, d_model]:
+        the stream entering block 0, in place of the tokens' own (for interpolated inputs).
+        ``start`` (layer, resid [b, pos, d_model]): begin at that block from the unmodified run's stream
+        entering it; only for node masks that keep every node before it (or no mask).
         """
         g, model = self.graph, self.model
         if edges is not None and nodes is not None:
@@ -124,9 +128,8 @@ class MaskedForward:
                 keep = nodes[:, first: first + n].T[:, :, None, None, None]  # [n, M, 1, 1, 1]
                 abl = ablated[first: first + n, None]
                 out = (keep * out.view(n, M, b, p, -1) + (1 - keep) * abl).reshape(n, M * b, p, -1)
-            elif edges is not None:
-                d = (delta[first: first + n, None] if delta is not None
-                     else out.view(n, M, b, p, -1) - ablated[first: first + n, None])
+            elif edges is not None and delta is None:
+                d = out.view(n, M, b, p, -1) - ablated[first: first + n, None]
                 if not buffer:
                     deltas.append(d.expand(n, M, b, p, d.shape[-1]))
                 else:
@@ -142,16 +145,28 @@ class MaskedForward:
             w = cut[:, :n_senders, recv]
             if not w.requires_grad and not bool(w.any()):
                 return None
-            D = deltas[0] if len(deltas) == 1 else torch.cat(deltas, 0)
+            if delta is not None:
+                D = delta[:n_senders, None].expand(n_senders, M, b, p, delta.shape[-1])
+            else:
+                D = deltas[0] if len(deltas) == 1 else torch.cat(deltas, 0)
             corr = torch.einsum("msr,smbpd->mrbpd", w, D[:n_senders])
             return stream.view(M, 1, b, p, -1) - corr
 
         with contextlib.ExitStack() as stack:
-            stack.enter_context(split_inputs(model))
+            if edges is not None:
+                stack.enter_context(split_inputs(model))
             stack.enter_context(model.hooks(fwd_hooks=[(z_hook(L), keep_z) for L in range(g.n_layers)]))
-            x0 = model(tokens, stop_at_layer=0)  # [b, p, d]: the embeddings
-            stream = emit(0, x0[None].repeat(1, M, 1, 1)) if M > 1 else emit(0, x0[None])
-            for L in range(g.n_layers):
+            first = 0
+            if start is not None:
+                first, x0 = start
+                if edges is not None or (nodes is not None and not bool(nodes[:, : g.senders_before(first)].all())):
+                    raise SaecircuitsError("a run can start past block 0 only with node masks that keep every "
+                                           "node before it")
+                stream = x0.repeat(M, 1, 1)
+            else:
+                x0 = model(tokens, stop_at_layer=0) if embeddings is None else embeddings  # [b, p, d]
+                stream = emit(0, x0[None].repeat(1, M, 1, 1))
+            for L in range(first, g.n_layers):
                 stream = self._block(L, stream, emit, receive, M, b, p, zs)
             final = stream.view(M, b, p, -1)[:, :, list(positions)]
             ins = receive(stream, len(g.senders), slice(len(g.receivers) - 1, len(g.receivers)))
@@ -166,13 +181,15 @@ class MaskedForward:
         H, K = g.n_heads, g.n_kv
         rb = g.receiver_block(L)
         ins = receive(stream, g.senders_before(L), slice(rb.start, rb.start + H + 2 * K))
-        if ins is None:
-            q_in = stream[:, :, None].expand(M * b, p, H, stream.shape[-1])
-            k_in = v_in = stream[:, :, None].expand(M * b, p, K, stream.shape[-1])
+        if ins is None and not self.model.cfg.use_split_qkv_input:
+            normed = blk.ln1(stream)
+            blk.attn(query_input=normed, key_input=normed, value_input=normed)
         else:
+            if ins is None:  # edge masks that cut nothing here: every head reads the stream
+                ins = stream.view(M, 1, b, p, -1).expand(M, H + 2 * K, b, p, stream.shape[-1])
             per_head = ins.permute(0, 2, 3, 1, 4).reshape(M * b, p, H + 2 * K, -1)  # [M*b, p, R, d]
             q_in, k_in, v_in = per_head[:, :, :H], per_head[:, :, H: H + K], per_head[:, :, H + K:]
-        blk.attn(query_input=blk.ln1(q_in), key_input=blk.ln1(k_in), value_input=blk.ln1(v_in))
+            blk.attn(query_input=blk.ln1(q_in), key_input=blk.ln1(k_in), value_input=blk.ln1(v_in))
         z = zs.pop("z")  # [M*b, p, H, d_head]
         heads = torch.einsum("bphe,hed->hbpd", z, self.W_O[L]) + self.b_O[L]  # [H, M*b, p, d]
         if self.post_norm:  # the norm after attention, with this run's scale

@@ -57,6 +57,10 @@ class Task:
         right = last.gather(1, self.answers[:, None].to(last.device))[:, 0]
         return right - last.gather(1, self.wrong.to(last.device)).mean(1)
 
+    def answer_prob(self, logits: torch.Tensor) -> torch.Tensor:
+        """The answer's probability at the last position, [n]."""
+        return logits[:, -1].softmax(-1).gather(1, self.answers[:, None].to(logits.device))[:, 0]
+
     def correct(self, logits: torch.Tensor) -> torch.Tensor:
         """Whether the answer beats every wrong token, [n] bool."""
         last = logits[:, -1]
@@ -83,13 +87,14 @@ class GreaterThanTask(Task):
         t.threshold = self.threshold[idx]
         return t  # type: ignore[return-value]
 
-    def _p_greater(self, logits: torch.Tensor) -> torch.Tensor:
+    def _p_greater(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P(year > YY) and P(year <= YY) over the two-digit continuations, [n] each."""
         yy = self.threshold.to(logits.device)
         ids = self.digit_ids.to(logits.device)
         if len(self.positions) == 1:  # one token per two-digit year
             p = logits[:, -1].softmax(-1)[:, ids]  # [n, 100]
             above = torch.arange(100, device=logits.device)[None, :] > yy[:, None]
-            return (p * above).sum(1) - (p * ~above).sum(1)
+            return (p * above).sum(1), (p * ~above).sum(1)
         tens, units = yy // 10, yy % 10
         digits = torch.arange(10, device=logits.device)[None, :]
         p1 = logits[:, -2].softmax(-1)[:, ids]  # P(tens digit)
@@ -97,10 +102,15 @@ class GreaterThanTask(Task):
         p_tie = p1.gather(1, tens[:, None])[:, 0]
         greater = (p1 * (digits > tens[:, None])).sum(1) + p_tie * (p2 * (digits > units[:, None])).sum(1)
         not_greater = (p1 * (digits < tens[:, None])).sum(1) + p_tie * (p2 * (digits <= units[:, None])).sum(1)
-        return greater - not_greater
+        return greater, not_greater
 
     def metric(self, logits: torch.Tensor) -> torch.Tensor:
-        return self._p_greater(logits)
+        greater, not_greater = self._p_greater(logits)
+        return greater - not_greater
+
+    def answer_prob(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(year > YY), [n]."""
+        return self._p_greater(logits)[0]
 
     def correct(self, logits: torch.Tensor) -> torch.Tensor:
-        return self._p_greater(logits) > 0
+        return self.metric(logits) > 0

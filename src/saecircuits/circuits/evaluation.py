@@ -1,0 +1,154 @@
+"""Scoring circuits on held-out prompts: every standard ablation, every standard metric, one interface.
+
+An ablation says what a cut edge (or node) reads instead of its sender's output on the prompt:
+
+- ``counterfactual``: the sender's output on the prompt's own counterfactual (MIB's default);
+- ``mean-clean``: its mean over the clean train prompts, position by position;
+- ``mean-counterfactual``: its mean over the counterfactual train prompts, position by position;
+- ``zero``: zeros;
+- ``resample``: its output on another clean prompt of the same set (a fixed derangement, seeded).
+
+Means come from the train split, so a test score never sees a test prompt's own average; they need
+train and test prompts of one length (positions are matched one by one).
+
+Metrics, each per prompt and higher = more of the behaviour, so faithfulness
+f = (m(C) - m(empty)) / (m(N) - m(empty)) reads the same way for all: ``task`` (the task's metric:
+logit difference for IOI, P(greater) - P(not greater) for greater-than), ``kl`` (minus the KL divergence
+from the full model's next-token distribution to the circuit's, summed over the metric's positions),
+``prob`` (the answer's probability) and ``accuracy`` (the answer beats every wrong token).
+The empty circuit cuts every edge, the embeddings' too: it is the ablated run itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from saecircuits.circuits.masked_forward import MaskedForward
+from saecircuits.circuits.task import Task
+from saecircuits.core.errors import SaecircuitsError
+
+ABLATIONS = ("counterfactual", "mean-clean", "mean-counterfactual", "zero", "resample")
+METRICS = ("task", "kl", "prob", "accuracy")
+
+
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A seeded permutation of range(n) with no fixed point (n >= 2)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    same = perm == torch.arange(n)
+    perm[same] = (perm[same] + 1) % n
+    while bool((perm == torch.arange(n)).any()):  # a shift can land on a fixed point: rotate those
+        fixed = (perm == torch.arange(n)).nonzero()[:, 0]
+        perm[fixed] = perm[torch.roll(fixed, 1)]
+    return perm
+
+
+def metrics(task: Task, logits: torch.Tensor, full_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every metric of logits [n, len(positions), vocab] against the full model's log-probs (same shape): [n] each."""
+    logp = logits.log_softmax(-1)
+    kl = (full_logprobs.exp() * (full_logprobs - logp)).sum(-1).sum(-1)
+    return {"task": task.metric(logits), "kl": -kl, "prob": task.answer_prob(logits),
+            "accuracy": task.correct(logits).float()}
+
+
+@dataclass
+class Evaluator:
+    """Runs circuits on one prompt set (``test``) under any ablation; means from ``train``.
+
+    ``batch_size``: prompts per forward; ``max_rows``: sequences per forward (masks x prompts).
+    Ablated sender outputs are computed once per ablation and kept ([S, n or 1, pos, d_model]).
+    """
+
+    forward: MaskedForward
+    test: Task
+    train: Task
+    batch_size: int = 32
+    max_rows: int = 64
+    seed: int = 0
+    _ablated: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _full: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _empty: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.positions = list(self.test.positions)
+        with torch.no_grad():
+            logits = self._logits(self.test.clean)
+        self.full_logprobs = logits.log_softmax(-1)
+        self._full = metrics(self.test, logits, self.full_logprobs)
+
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.forward.run(tokens[i: i + self.batch_size], self.positions)[0]
+                          for i in range(0, len(tokens), self.batch_size)])
+
+    def ablated(self, kind: str) -> torch.Tensor:
+        """The senders' outputs a cut edge reads under ablation ``kind``: [S, n or 1, pos, d_model]."""
+        if kind not in ABLATIONS:
+            raise SaecircuitsError(f"unknown ablation '{kind}'", f"choose one of: {', '.join(ABLATIONS)}")
+        if kind not in self._ablated:
+            self._ablated[kind] = self._make_ablated(kind)
+        return self._ablated[kind]
+
+    def _make_ablated(self, kind: str) -> torch.Tensor:
+        f, test = self.forward, self.test
+        if kind.startswith("mean") and self.train.clean.shape[1] != test.clean.shape[1]:
+            raise SaecircuitsError(
+                f"{kind} ablation needs train and test prompts of one length (positions are matched one by one); "
+                f"train has {self.train.clean.shape[1]} tokens, test {test.clean.shape[1]}",
+                "use counterfactual, zero or resample ablation for this task and model")
+        if kind == "counterfactual":
+            return f.sender_outputs(test.corrupted, self.batch_size)
+        if kind == "mean-clean":
+            return f.sender_outputs(self.train.clean, self.batch_size).mean(1, keepdim=True)
+        if kind == "mean-counterfactual":
+            return f.sender_outputs(self.train.corrupted, self.batch_size).mean(1, keepdim=True)
+        if kind == "resample":
+            if len(test) < 2:
+                raise SaecircuitsError("resample ablation needs at least 2 prompts")
+            return f.sender_outputs(test.clean, self.batch_size)[:, derangement(len(test), self.seed)]
+        d = self.forward.model.cfg.d_model
+        return torch.zeros(len(self.forward.graph.senders), 1, test.clean.shape[1], d)
+
+    @property
+    def full(self) -> dict[str, torch.Tensor]:
+        """Every metric of the full model, [n] each."""
+        assert self._full is not None
+        return self._full
+
+    def empty(self, kind: str) -> dict[str, torch.Tensor]:
+        """Every metric of the empty circuit (the ablated run), [n] each."""
+        if kind not in self._empty:
+            g = self.forward.graph
+            self._empty[kind] = {k: v[0] for k, v in self.run(kind, edges=torch.zeros(1, *g.valid.shape,
+                                                                                       dtype=torch.bool)).items()}
+        return self._empty[kind]
+
+    @torch.no_grad()
+    def run(self, kind: str, edges: torch.Tensor | None = None, nodes: torch.Tensor | None = None
+            ) -> dict[str, torch.Tensor]:
+        """Every metric of M circuits (``edges`` [M, S, R] or ``nodes`` [M, n_nodes], True = kept): [M, n] each."""
+        masks = edges if edges is not None else nodes
+        if masks is None:
+            raise SaecircuitsError("give the circuits as edge masks or node masks")
+        abl = self.ablated(kind)
+        n = len(self.test)
+        b = max(1, min(self.batch_size, self.max_rows))
+        per_prompt = abl.shape[1] != 1
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
+        for i in range(0, n, b):
+            sl = slice(i, min(i + b, n))
+            sub = self.test.subset(torch.arange(sl.start, sl.stop))
+            a = abl[:, sl] if per_prompt else abl
+            step = max(1, self.max_rows // (sl.stop - sl.start))
+            chunk: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
+            for j in range(0, len(masks), step):
+                m = masks[j: j + step]
+                logits = self.forward.run(sub.clean, self.positions, a, edges=m if edges is not None else None,
+                                          nodes=m if nodes is not None else None)
+                many = sub.subset(torch.arange(len(sub)).repeat(len(m)))
+                vals = metrics(many, logits.flatten(0, 1), self.full_logprobs[sl].repeat(len(m), 1, 1))
+                for k in METRICS:
+                    chunk[k].append(vals[k].view(len(m), -1))
+            for k in METRICS:
+                rows[k].append(torch.cat(chunk[k], 0))
+        return {k: torch.cat(rows[k], 1) for k in METRICS}
