@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from saecircuits.circuits.evaluation import derangement
 from saecircuits.circuits.patching import HeadPatcher
 from saecircuits.core.errors import SaecircuitsError
 
@@ -33,11 +34,7 @@ def ablation_values(patcher: HeadPatcher, kind: str, seed: int = 0) -> torch.Ten
         return torch.zeros_like(zc[:, :1])
     if kind == "patch":
         return zc
-    if kind == "resample":
+    if kind == "resample":  # another prompt's corrupted run, never the prompt's own pair
         n = zc.shape[1]
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        if n > 1:  # another prompt's corrupted run, never the prompt's own pair
-            same = perm == torch.arange(n)
-            perm[same] = (perm[same] + 1) % n
-        return zc[:, perm]
+        return zc[:, derangement(n, seed)] if n > 1 else zc
     raise SaecircuitsError(f"unknown ablation '{kind}'", f"choose one of: {', '.join(ABLATIONS)}")

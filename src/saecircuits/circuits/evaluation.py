@@ -34,13 +34,11 @@ METRICS = ("task", "kl", "prob", "accuracy")
 
 
 def derangement(n: int, seed: int) -> torch.Tensor:
-    """A seeded permutation of range(n) with no fixed point (n >= 2)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    same = perm == torch.arange(n)
-    perm[same] = (perm[same] + 1) % n
-    while bool((perm == torch.arange(n)).any()):  # a shift can land on a fixed point: rotate those
-        fixed = (perm == torch.arange(n)).nonzero()[:, 0]
-        perm[fixed] = perm[torch.roll(fixed, 1)]
+    """A seeded permutation of range(n) with no fixed point (n >= 2): each prompt goes to the next one in a
+    random cyclic order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.empty(n, dtype=torch.long)
+    perm[order] = order.roll(-1)
     return perm
 
 

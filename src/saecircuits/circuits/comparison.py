@@ -1,0 +1,206 @@
+"""The comparison of circuit-discovery methods on one task and model (issue 21's study).
+
+Discovery sees the train prompts only; choosing each method's circuit size sees the validation
+prompts only; every reported number is on test. For each method and granularity: the faithfulness
+curve over MIB's sizes under counterfactual ablation (primary) and clean-mean ablation, with 95%
+bootstrap intervals, CPR, CMD and k*; the circuit each method would report (the smallest size whose
+validation f is within 0.1 of 1, else the size closest to 1) under every ablation and metric on test
+(the robustness matrix); and the reported head and edge circuits, with random circuits of their size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformer_lens import HookedTransformer
+
+from saecircuits.circuits.discovery.attribution import edge_attribution, node_attribution
+from saecircuits.circuits.discovery.edge_pruning import PruningConfig, edge_pruning
+from saecircuits.circuits.discovery.greedy import greedy_circuits
+from saecircuits.circuits.discovery.node_patching import node_patching
+from saecircuits.circuits.evaluation import ABLATIONS, METRICS, Evaluator
+from saecircuits.circuits.faithfulness import MIB_SIZES, faithfulness, mib_counts
+from saecircuits.circuits.masked_forward import MaskedForward
+from saecircuits.circuits.splits import build_splits
+from saecircuits.circuits.sweep import random_masks, run_masks, summarise, top_k
+from saecircuits.core.errors import SaecircuitsError
+
+METHODS = ("topk-patching", "eap", "eap-ig", "edge-pruning", "greedy", "random")
+CURVE_ABLATIONS = ("counterfactual", "mean-clean")
+TOLERANCE = 0.1
+
+
+@dataclass
+class ComparisonConfig:
+    task: str = "ioi"
+    n_train: int = 64
+    n_val: int = 32
+    n_test: int = 64
+    methods: tuple[str, ...] = METHODS
+    granularities: tuple[str, ...] = ("nodes", "edges")
+    ig_steps: int = 5
+    random_draws: int = 20
+    greedy_pool: int = 24
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    batch_size: int = 16
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise SaecircuitsError(f"unknown method(s) {', '.join(unknown)}", f"choose from: {', '.join(METHODS)}")
+        if not set(self.granularities) <= {"nodes", "edges"} or not self.granularities:
+            raise SaecircuitsError(f"granularities must be nodes and/or edges, got {self.granularities}")
+        if self.random_draws < 1 or self.ig_steps < 1:
+            raise SaecircuitsError("random_draws and ig_steps must be at least 1")
+
+
+def _circuit_fns(forward: MaskedForward, train, val: Evaluator, cfg: ComparisonConfig, note: Callable[[str], None]
+                 ) -> tuple[dict[tuple[str, str], Callable[[int], torch.Tensor]], dict[tuple[str, str], float]]:
+    """Each (method, granularity)'s circuit of a given count, and the seconds its discovery took."""
+    g = forward.graph
+    fns: dict[tuple[str, str], Callable[[int], torch.Tensor]] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    node_scores: dict[str, torch.Tensor] = {}
+    for method in cfg.methods:
+        if method in ("eap", "eap-ig"):
+            t = time.perf_counter()
+            s = edge_attribution(forward, train, cfg.ig_steps if method == "eap-ig" else 0, cfg.batch_size)
+            dt = time.perf_counter() - t
+            flat, nodes = g.edges_flat(s), node_attribution(s)
+            node_scores[method] = nodes
+            for gran, scores in (("edges", flat), ("nodes", nodes)):
+                fns[method, gran] = lambda k, scores=scores: top_k(scores, k)
+                seconds[method, gran] = dt
+        elif method == "topk-patching":
+            t = time.perf_counter()
+            nodes = node_patching(forward, train, cfg.batch_size)
+            node_scores[method] = nodes
+            fns[method, "nodes"] = lambda k, s=nodes: top_k(s, k)
+            seconds[method, "nodes"] = time.perf_counter() - t
+        elif method == "edge-pruning":
+            for gran in cfg.granularities:
+                t = time.perf_counter()
+                res = edge_pruning(forward, train, cfg.pruning, gran)
+                n = g.n_edges if gran == "edges" else g.n_nodes
+                fns[method, gran] = lambda k, res=res, n=n: top_k(res.ranking(k / n), k, absolute=False)
+                seconds[method, gran] = time.perf_counter() - t
+        note(f"{method}: discovered")
+    if "greedy" in cfg.methods:
+        base_name = next((m for m in ("topk-patching", "eap-ig", "eap") if m in node_scores), None)
+        if base_name is None:
+            raise SaecircuitsError("greedy refines a ranking: add topk-patching, eap-ig or eap to the methods")
+        base = node_scores[base_name]
+        t = time.perf_counter()
+        found = greedy_circuits(val, base, max_size=max(1, int(0.1 * g.n_nodes)), pool=cfg.greedy_pool)
+        fns["greedy", "nodes"] = lambda k, f=found, b=base: f.get(k, top_k(b, k))
+        seconds["greedy", "nodes"] = time.perf_counter() - t + seconds.get((base_name, "nodes"), 0.0)
+        note("greedy: refined on validation")
+    return {k: v for k, v in fns.items() if k[1] in cfg.granularities}, seconds
+
+
+def choose_size(val: Evaluator, gran: str, circuit: Callable[[int], torch.Tensor]) -> tuple[int, float]:
+    """The count to report: the smallest MIB size whose validation f (counterfactual) is within 0.1 of 1, else
+    the size closest to 1. Returns (count, validation f)."""
+    g = val.forward.graph
+    counts = mib_counts(g.n_edges if gran == "edges" else g.n_nodes)
+    values = run_masks(val, "counterfactual", gran, torch.stack([circuit(k) for k in counts]))["task"]
+    f = faithfulness(values, val.empty("counterfactual")["task"], val.full["task"])
+    gap = (1 - f).abs()
+    ok = (gap <= TOLERANCE).nonzero()
+    i = int(ok[0, 0]) if len(ok) else int(gap.argmin())
+    return counts[i], float(f[i])
+
+
+def robustness(test: Evaluator, gran: str, mask: torch.Tensor, draws: int = 0, seed: int = 0) -> dict:
+    """f of one circuit under every ablation x metric on test (and of ``draws`` random circuits of its size)."""
+    rand = random_masks(len(mask), int(mask.sum()), draws, seed)
+    cells = {}
+    for abl in ABLATIONS:
+        try:
+            vals = run_masks(test, abl, gran, torch.cat([mask[None], rand]))
+        except SaecircuitsError as e:
+            cells[abl] = {"unavailable": e.message if hasattr(e, "message") else str(e)}
+            continue
+        empty, full = test.empty(abl), test.full
+        row = {}
+        for metric in METRICS:
+            try:
+                f = faithfulness(vals[metric], empty[metric], full[metric])
+            except SaecircuitsError as e:
+                row[metric] = {"unavailable": str(e)}
+                continue
+            row[metric] = {"f": float(f[0]), "faithful": bool(abs(1 - float(f[0])) <= TOLERANCE)}
+            if draws:
+                row[metric].update(random_mean=float(f[1:].mean()), random_max=float(f[1:].max()))
+        cells[abl] = row
+    verdicts = [c["faithful"] for row in cells.values() if "unavailable" not in row
+                for c in row.values() if "f" in c]
+    return {"cells": cells, "verdict_flips": len(set(verdicts)) > 1}
+
+
+def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str], None] = lambda s: None) -> dict:
+    """The whole comparison for one task and model: {"methods": [...], "circuit": {...}, "robustness": [...]}."""
+    splits = build_splits(cfg.task, model, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
+    forward = MaskedForward(model)
+    g = forward.graph
+    test = Evaluator(forward, splits.test, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)
+    val = Evaluator(forward, splits.val, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)
+    fns, seconds = _circuit_fns(forward, splits.train, val, cfg, note)
+    for gran in cfg.granularities:
+        if "random" in cfg.methods:
+            fns["random", gran] = None  # type: ignore[assignment]  # drawn per size below
+            seconds["random", gran] = 0.0
+    methods, robust, chosen = [], [], {}
+    for (method, gran), fn in fns.items():
+        n = g.n_edges if gran == "edges" else g.n_nodes
+        counts = mib_counts(n)
+        for abl in CURVE_ABLATIONS if fn is not None else CURVE_ABLATIONS[:1]:  # random: the primary ablation
+            t = time.perf_counter()
+            try:
+                if fn is None:  # random: draws x sizes
+                    masks = torch.stack([random_masks(n, k, cfg.random_draws, cfg.seed + i) for i, k in enumerate(counts)],
+                                        1)  # [draws, sizes, n]
+                    vals = run_masks(test, abl, gran, masks.flatten(0, 1))
+                    vals = {k: v.view(cfg.random_draws, len(counts), -1) for k, v in vals.items()}
+                else:
+                    vals = run_masks(test, abl, gran, torch.stack([fn(k) for k in counts]))
+            except SaecircuitsError as e:
+                note(f"{method} {gran} {abl}: {e}")
+                continue
+            summary = summarise(vals["task"], test.empty(abl)["task"], test.full["task"], MIB_SIZES, counts,
+                                cfg.n_boot, cfg.seed)
+            methods.append({"name": method, "granularity": gran, "ablation": abl, **summary,
+                            "seconds": seconds[method, gran], "eval_seconds": time.perf_counter() - t})
+            note(f"{method} {gran} {abl}: CPR {summary['cpr']:.3f} CMD {summary['cmd']:.3f} k* {summary['k_star']}")
+        if fn is None:
+            continue
+        count, f_val = choose_size(val, gran, fn)
+        mask = fn(count)
+        chosen[method, gran] = (count, f_val, mask)
+        robust.append({"name": method, "granularity": gran, "count": count, "val_f": f_val,
+                       **robustness(test, gran, mask)})
+        note(f"{method} {gran}: chose {count} on validation (f {f_val:.3f})")
+    circuit = {"task": cfg.task, "model": model.cfg.model_name, "splits": {s: len(t) for s, t in splits.tasks().items()},
+               "held_out_templates": list(splits.held_out)}
+    for gran in cfg.granularities:
+        options = [(abs(1 - v[1]) > TOLERANCE, v[0], abs(1 - v[1]), m) for (m, gg), v in chosen.items() if gg == gran]
+        if not options:
+            continue
+        _, count, _, method = min(options)
+        _, f_val, mask = chosen[method, gran]
+        units = g.nodes if gran == "nodes" else g.edge_names()
+        rob = robustness(test, gran, mask, cfg.random_draws, cfg.seed)
+        key = "head_circuit" if gran == "nodes" else "edge_circuit"
+        members = [units[i] for i in mask.nonzero()[:, 0].tolist()]
+        circuit[key] = {"method": method, "count": count, "val_f": f_val, "members": members,
+                        "test": rob["cells"], "verdict_flips": rob["verdict_flips"]}
+        if gran == "nodes":
+            circuit["heads"] = [m for m in members if not m.startswith("mlp")]
+            circuit["mlps"] = [m for m in members if m.startswith("mlp")]
+    return {"methods": methods, "circuit": circuit, "robustness": robust,
+            "graph": {"n_nodes": g.n_nodes, "n_edges": g.n_edges, "n_heads": g.n_layers * g.n_heads}}
