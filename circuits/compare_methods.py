@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
-from saecircuits.circuits.comparison import ComparisonConfig, compare
+from saecircuits.circuits.comparison import compare
 from saecircuits.circuits.comparison_files import write_comparison
-from saecircuits.circuits.discovery.edge_pruning import PruningConfig
+from saecircuits.circuits.config import ComparisonConfig, PruningConfig
 from saecircuits.model.loading import load
 
 p = argparse.ArgumentParser()
@@ -28,5 +27,5 @@ cfg = ComparisonConfig(task=a.task, n_train=a.train, n_val=a.val, n_test=a.test,
                        pruning=PruningConfig(steps=a.pruning_steps, batch_size=8))
 model = load(a.model)
 out = compare(model, cfg, note=lambda s: print(f"{time.perf_counter() - t0:7.1f}s {s}", flush=True))
-out["config"] = {**dataclasses.asdict(cfg), "seconds": time.perf_counter() - t0}
+out["config"] = {**cfg.model_dump(), "seconds": time.perf_counter() - t0}
 print(write_comparison(out, a.out or f"circuits/results/{a.task}-{a.model}/methods"))

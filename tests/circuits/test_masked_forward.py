@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_model
 
 from saecircuits.circuits import prompts
 from saecircuits.circuits.computation_graph import ComputationGraph
+from saecircuits.circuits.config import PruningConfig
 from saecircuits.circuits.discovery.attribution import edge_attribution, node_attribution
-from saecircuits.circuits.discovery.edge_pruning import PruningConfig, edge_pruning, expected_kept
+from saecircuits.circuits.discovery.edge_pruning import edge_pruning, expected_kept
 from saecircuits.circuits.discovery.greedy import greedy_circuits
 from saecircuits.circuits.discovery.node_patching import node_patching
 from saecircuits.circuits.evaluation import ABLATIONS, Evaluator, derangement
@@ -21,7 +23,6 @@ from saecircuits.circuits.faithfulness import faithfulness
 from saecircuits.circuits.masked_forward import MaskedForward
 from saecircuits.circuits.sweep import top_k
 from saecircuits.core.errors import SaecircuitsError
-from conftest import make_tiny_model
 
 SHAPES = {
     "layernorm": {},
@@ -135,7 +136,7 @@ def test_empty_circuit_is_0_and_full_model_is_1_exactly(planted, kind):
 
 
 def test_counterfactual_ablation_of_everything_is_the_counterfactual_run(planted):
-    model, _, _, f, test, _, _ = planted
+    model, _, _, _, test, _, _ = planted
     with torch.no_grad():
         logits = model(test.test.corrupted)[:, list(test.test.positions)]
     torch.testing.assert_close(test.empty("counterfactual")["task"], test.test.metric(logits), atol=1e-4, rtol=0)
@@ -169,7 +170,7 @@ def test_eap_is_the_mask_gradient(planted):
 
 
 def test_every_method_finds_the_planted_circuit(planted):
-    _, facts, task, f, test, prev, inductors = planted
+    _, _, task, f, test, prev, inductors = planted
     g = f.graph
     # nodes: the previous-token head and the induction heads lead each ranking
     want = {prev - 1, *(i - 1 for i in inductors)}  # node index = sender index - 1

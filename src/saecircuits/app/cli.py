@@ -20,7 +20,7 @@ from saecircuits.app.command import app, command, console
 from saecircuits.app.demo import QUICK, DemoConfig
 from saecircuits.app.demo import run as run_demo
 from saecircuits.app.layers_commands import layers_app
-from saecircuits.circuits.config import CircuitConfig
+from saecircuits.circuits.config import METHODS, CircuitConfig, ComparisonConfig
 from saecircuits.circuits.task_names import TASKS
 from saecircuits.core.config import read_yaml, validate
 from saecircuits.core.errors import SaecircuitsError
@@ -311,6 +311,50 @@ def circuit_cmd(
     for line in summary_lines(result):
         Console().print(line, highlight=False)
     console.print(f"written: {', '.join(str(p) for p in paths.values())}")
+
+
+_COMPARE = ComparisonConfig()  # the circuit-methods command's defaults
+
+
+@command(name="circuit-methods")
+def circuit_methods_cmd(
+    out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole."),
+    task: str = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than"),
+    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    method: list[str] = typer.Option(list(_COMPARE.methods), "--method", help=" | ".join(METHODS) + " (repeat for several)"),
+    granularity: list[str] = typer.Option(list(_COMPARE.granularities), "--granularity", help="nodes | edges"),
+    n_train: int = typer.Option(_COMPARE.n_train, "--train", help="Train prompts (discovery)."),
+    n_val: int = typer.Option(_COMPARE.n_val, "--val", help="Validation prompts (choosing sizes, greedy)."),
+    n_test: int = typer.Option(_COMPARE.n_test, "--test", help="Test prompts (every reported number)."),
+    pruning_steps: int = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target."),
+    random_draws: int = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor)."),
+    seed: int = typer.Option(_COMPARE.seed, "--seed"),
+) -> None:
+    """Compare circuit-discovery methods on held-out prompts: MIB curves (CPR, CMD, k*) under counterfactual and mean
+    ablation, each method's circuit under every ablation and metric, and the reported head and edge circuits."""
+    import time
+
+    from saecircuits.circuits.comparison import compare
+    from saecircuits.circuits.comparison_files import write_comparison
+    from saecircuits.model import loading as m
+
+    cfg = validate(ComparisonConfig, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
+                                      "methods": tuple(method), "granularities": tuple(granularity),
+                                      "random_draws": random_draws, "seed": seed,
+                                      "pruning": {"steps": pruning_steps}}, where="circuit-methods")
+    lm = m.load(model)
+    t0 = time.perf_counter()
+    result = compare(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
+    result["config"] = {**cfg.model_dump(), "model": model, "seconds": time.perf_counter() - t0}
+    folder = write_comparison(result, out or Path("circuits/results") / f"{cfg.task}-{model}")
+    t = Table(title=f"{cfg.task} on {model}: faithfulness on {cfg.n_test} test prompts")
+    for col in ("method", "granularity", "ablation", "CPR", "CMD", "k* (%)", "seconds"):
+        t.add_column(col)
+    for r in result["methods"]:
+        t.add_row(r["name"], r["granularity"], r["ablation"], f"{r['cpr']:.3f}", f"{r['cmd']:.3f}",
+                  str(r["k_star"]), f"{r['seconds']:.0f}")
+    Console().print(t)
+    console.print(f"written: {folder}")
 
 
 @command

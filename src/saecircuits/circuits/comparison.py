@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from transformer_lens import HookedTransformer
 
+from saecircuits.circuits.config import ComparisonConfig
 from saecircuits.circuits.discovery.attribution import edge_attribution, node_attribution
-from saecircuits.circuits.discovery.edge_pruning import PruningConfig, edge_pruning
+from saecircuits.circuits.discovery.edge_pruning import edge_pruning
 from saecircuits.circuits.discovery.greedy import greedy_circuits
 from saecircuits.circuits.discovery.node_patching import node_patching
 from saecircuits.circuits.evaluation import ABLATIONS, METRICS, Evaluator
@@ -28,35 +28,8 @@ from saecircuits.circuits.splits import build_splits
 from saecircuits.circuits.sweep import random_masks, run_masks, summarise, top_k
 from saecircuits.core.errors import SaecircuitsError
 
-METHODS = ("topk-patching", "eap", "eap-ig", "edge-pruning", "greedy", "random")
 CURVE_ABLATIONS = ("counterfactual", "mean-clean")
 TOLERANCE = 0.1
-
-
-@dataclass
-class ComparisonConfig:
-    task: str = "ioi"
-    n_train: int = 64
-    n_val: int = 32
-    n_test: int = 64
-    methods: tuple[str, ...] = METHODS
-    granularities: tuple[str, ...] = ("nodes", "edges")
-    ig_steps: int = 5
-    random_draws: int = 20
-    greedy_pool: int = 24
-    pruning: PruningConfig = field(default_factory=PruningConfig)
-    batch_size: int = 16
-    n_boot: int = 1000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise SaecircuitsError(f"unknown method(s) {', '.join(unknown)}", f"choose from: {', '.join(METHODS)}")
-        if not set(self.granularities) <= {"nodes", "edges"} or not self.granularities:
-            raise SaecircuitsError(f"granularities must be nodes and/or edges, got {self.granularities}")
-        if self.random_draws < 1 or self.ig_steps < 1:
-            raise SaecircuitsError("random_draws and ig_steps must be at least 1")
 
 
 def _circuit_fns(forward: MaskedForward, train, val: Evaluator, cfg: ComparisonConfig, note: Callable[[str], None]

@@ -49,3 +49,52 @@ class CircuitConfig(Config):
         if key not in TASKS:
             raise ValueError(f"unknown task '{v}', choose one of: {', '.join(TASKS)}")
         return key
+
+
+METHODS = ("topk-patching", "eap", "eap-ig", "edge-pruning", "greedy", "random")
+
+
+class PruningConfig(Config):
+    """Edge pruning: the falling kept-share targets it trains through, ``steps`` each."""
+
+    targets: tuple[float, ...] = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)
+    steps: int = Field(30, ge=1, description="optimizer steps per target")
+    lr: float = Field(0.1, gt=0)
+    penalty: float = Field(100.0, ge=0, description="weight of (expected kept share - target)^2")
+    batch_size: int = Field(16, ge=1)
+    objective: Literal["kl", "task"] = "kl"
+    init: float = Field(3.0, description="initial log_alpha (3: every mask starts near 1)")
+    seed: int = 0
+
+    @field_validator("targets")
+    @classmethod
+    def _falling_shares(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < t <= 1 for t in v) or list(v) != sorted(v, reverse=True):
+            raise ValueError(f"targets must be falling shares in (0, 1], got {v}")
+        return v
+
+
+class ComparisonConfig(Config):
+    """The comparison of discovery methods on one task: split sizes, methods and their settings."""
+
+    task: str = Field("ioi", description="ioi or greater_than (tasks with held-out splits)")
+    n_train: int = Field(32, ge=1)
+    n_val: int = Field(32, ge=1)
+    n_test: int = Field(64, ge=2)
+    methods: tuple[str, ...] = METHODS
+    granularities: tuple[Literal["nodes", "edges"], ...] = ("nodes", "edges")
+    ig_steps: int = Field(5, ge=1)
+    random_draws: int = Field(20, ge=1)
+    greedy_pool: int = Field(16, ge=1, description="candidates greedy adds from: the base ranking's top nodes")
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
+    batch_size: int = Field(16, ge=1)
+    n_boot: int = Field(1000, ge=10)
+    seed: int = 0
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in v if m not in METHODS]
+        if unknown or not v:
+            raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+        return v

@@ -13,11 +13,12 @@ At ``node`` granularity the masks sit on heads and MLPs instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from saecircuits.circuits.config import PruningConfig
 from saecircuits.circuits.masked_forward import MaskedForward
 from saecircuits.circuits.task import Task
 from saecircuits.core.errors import SaecircuitsError
@@ -36,30 +37,6 @@ def sample_mask(log_alpha: torch.Tensor, generator: torch.Generator | None = Non
 def expected_kept(log_alpha: torch.Tensor) -> torch.Tensor:
     """P(mask > 0) per entry: the expected L0 is its sum."""
     return torch.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA))
-
-
-@dataclass
-class PruningConfig:
-    """Targets: kept shares (falling) the schedule trains to, ``steps`` each; ``objective``: ``kl`` or ``task``."""
-
-    targets: tuple[float, ...] = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)
-    steps: int = 30
-    lr: float = 0.1
-    penalty: float = 100.0
-    batch_size: int = 16
-    objective: str = "kl"
-    init: float = 3.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.targets or any(not 0 < t <= 1 for t in self.targets):
-            raise SaecircuitsError(f"pruning targets must be shares in (0, 1], got {self.targets}")
-        if list(self.targets) != sorted(self.targets, reverse=True):
-            raise SaecircuitsError(f"pruning targets must fall, got {self.targets}")
-        if self.objective not in ("kl", "task"):
-            raise SaecircuitsError(f"unknown pruning objective '{self.objective}'", "choose kl or task")
-        if self.steps < 1 or self.lr <= 0 or self.penalty < 0 or self.batch_size < 1:
-            raise SaecircuitsError("pruning needs steps >= 1, lr > 0, penalty >= 0 and batch_size >= 1")
 
 
 @dataclass
