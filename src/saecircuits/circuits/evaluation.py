@@ -8,6 +8,9 @@ An ablation says what a cut edge (or node) reads instead of its sender's output 
 - ``zero``: zeros;
 - ``resample``: its output on another clean prompt of the same set (a fixed derangement, seeded).
 
+Under torchrun each process runs a contiguous share of the prompts and the per-prompt metrics are
+gathered, so every process holds every number.
+
 Means come from the train split, so a test score never sees a test prompt's own average; they need
 train and test prompts of one length (positions are matched one by one).
 
@@ -27,6 +30,7 @@ import torch
 
 from saecircuits.circuits.masked_forward import MaskedForward
 from saecircuits.circuits.task import Task
+from saecircuits.core import distributed
 from saecircuits.core.errors import SaecircuitsError
 
 ABLATIONS = ("counterfactual", "mean-clean", "mean-counterfactual", "zero", "resample")
@@ -130,11 +134,13 @@ class Evaluator:
             raise SaecircuitsError("give the circuits as edge masks or node masks")
         abl = self.ablated(kind)
         n = len(self.test)
+        share = -(-n // distributed.world())
+        mine = range(distributed.rank() * share, min(n, (distributed.rank() + 1) * share))
         b = max(1, min(self.batch_size, self.max_rows))
         per_prompt = abl.shape[1] != 1
-        rows: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
-        for i in range(0, n, b):
-            sl = slice(i, min(i + b, n))
+        rows: dict[str, list[torch.Tensor]] = {k: [torch.zeros(len(masks), 0)] for k in METRICS}
+        for i in range(mine.start, mine.stop, b):
+            sl = slice(i, min(i + b, mine.stop))
             sub = self.test.subset(torch.arange(sl.start, sl.stop))
             a = abl[:, sl] if per_prompt else abl
             step = max(1, self.max_rows // (sl.stop - sl.start))
@@ -149,4 +155,7 @@ class Evaluator:
                     chunk[k].append(vals[k].view(len(m), -1))
             for k in METRICS:
                 rows[k].append(torch.cat(chunk[k], 0))
-        return {k: torch.cat(rows[k], 1) for k in METRICS}
+        out = {k: torch.cat(rows[k], 1) for k in METRICS}
+        if distributed.world() > 1:  # every process's prompts, in prompt order
+            out = {k: distributed.all_gather_varlen(v.T.contiguous()).T for k, v in out.items()}
+        return out

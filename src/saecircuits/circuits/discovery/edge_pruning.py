@@ -8,6 +8,9 @@ pulling the expected share of kept edges to a target, ``lambda * (density - targ
 training walks a schedule of falling targets; after each stage the edges are ranked by log_alpha, and
 a circuit of size k keeps the top k of the stage whose target is the smallest one at or above k.
 At ``node`` granularity the masks sit on heads and MLPs instead.
+
+Under torchrun every process draws the same batch and masks, runs its share of the batch's prompts,
+and the mask gradients are averaged: the masks follow the single-process run (to float rounding).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from saecircuits.circuits.config import PruningConfig
 from saecircuits.circuits.masked_forward import MaskedForward
 from saecircuits.circuits.task import Task
+from saecircuits.core import distributed
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.model.frozen import frozen
 
@@ -72,25 +76,30 @@ def edge_pruning(forward: MaskedForward, task: Task, config: PruningConfig, gran
     gen = torch.Generator().manual_seed(config.seed)
     stages, log = [], []
     step = 0
+    rank, world = distributed.rank(), distributed.world()
     with frozen(forward.model):
         for target in config.targets:
             for _ in range(config.steps):
-                idx = torch.randint(len(task), (min(config.batch_size, len(task)),), generator=gen)
-                sub = task.subset(idx)
+                batch = torch.randint(len(task), (min(config.batch_size, len(task)),), generator=gen)
                 z = sample_mask(log_alpha, gen)
+                idx = batch[rank::world]  # this process's share of the batch (all of it on one process)
+                sub = task.subset(idx)
                 if granularity == "edges":
                     logits = forward.run(sub.clean, pos, ablated[:, idx], edges=g.edges_unflat(z, 0.0)[None])[0]
                 else:
                     logits = forward.run(sub.clean, pos, ablated[:, idx], nodes=z[None])[0]
                 if config.objective == "kl":
                     logp = logits.log_softmax(-1)
-                    fit = (full[idx].exp() * (full[idx] - logp)).sum(-1).sum(-1).mean()
+                    per_prompt = (full[idx].exp() * (full[idx] - logp)).sum(-1).sum(-1)
                 else:
-                    fit = -sub.metric(logits).mean()
+                    per_prompt = -sub.metric(logits)
+                fit = per_prompt.sum() * world / len(batch)  # averaged over processes below: the batch mean
                 density = expected_kept(log_alpha).mean()
                 loss = fit + config.penalty * (density - target) ** 2
                 opt.zero_grad()
                 loss.backward()
+                if world > 1:
+                    distributed.all_reduce_grads([log_alpha])
                 opt.step()
                 step += 1
                 entry = {"step": step, "target": target, "fit": float(fit.detach()), "density": float(density.detach())}
