@@ -337,6 +337,7 @@ def circuit_methods_cmd(
     from saecircuits.circuits.comparison import compare
     from saecircuits.circuits.comparison_files import write_comparison
     from saecircuits.model import loading as m
+    from saecircuits.report.comparison import render
 
     cfg = validate(ComparisonConfig, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
                                       "methods": tuple(method), "granularities": tuple(granularity),
@@ -346,7 +347,7 @@ def circuit_methods_cmd(
     t0 = time.perf_counter()
     result = compare(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
     result["config"] = {**cfg.model_dump(), "model": model, "seconds": time.perf_counter() - t0}
-    folder = write_comparison(result, out or Path("circuits/results") / f"{cfg.task}-{model}")
+    folder = write_comparison(result, out or Path("circuits/results") / f"{cfg.task}-{model}", markdown=render)
     t = Table(title=f"{cfg.task} on {model}: faithfulness on {cfg.n_test} test prompts")
     for col in ("method", "granularity", "ablation", "CPR", "CMD", "k* (%)", "seconds"):
         t.add_column(col)

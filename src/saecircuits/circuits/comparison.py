@@ -10,6 +10,7 @@ validation f is within 0.1 of 1, else the size closest to 1) under every ablatio
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -76,11 +77,23 @@ def _circuit_fns(forward: MaskedForward, train, val: Evaluator, cfg: ComparisonC
     return {k: v for k, v in fns.items() if k[1] in cfg.granularities}, seconds
 
 
+def candidate_counts(n_units: int, granularity: str) -> list[int]:
+    """The sizes a reported circuit is chosen from: MIB's, plus every count up to 10% of the nodes (node
+    circuits) or 24 log-spaced counts from 0.1% to 10% of the edges (edge circuits)."""
+    counts = set(mib_counts(n_units))
+    top = max(1, int(0.1 * n_units))
+    if granularity == "nodes":
+        counts |= set(range(1, top + 1))
+    else:
+        counts |= {round(float(x)) for x in torch.logspace(math.log10(max(1.0, 0.001 * n_units)), math.log10(top), 24)}
+    return sorted(c for c in counts if c >= 1)
+
+
 def choose_size(val: Evaluator, gran: str, circuit: Callable[[int], torch.Tensor]) -> tuple[int, float]:
-    """The count to report: the smallest MIB size whose validation f (counterfactual) is within 0.1 of 1, else
-    the size closest to 1. Returns (count, validation f)."""
+    """The count to report: the smallest candidate size whose validation f (counterfactual) is within 0.1 of 1,
+    else the size closest to 1. Returns (count, validation f)."""
     g = val.forward.graph
-    counts = mib_counts(g.n_edges if gran == "edges" else g.n_nodes)
+    counts = candidate_counts(g.n_edges if gran == "edges" else g.n_nodes, gran)
     values = run_masks(val, "counterfactual", gran, torch.stack([circuit(k) for k in counts]))["task"]
     f = faithfulness(values, val.empty("counterfactual")["task"], val.full["task"])
     gap = (1 - f).abs()

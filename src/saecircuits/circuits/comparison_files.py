@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saecircuits.core.files import save_figure, staged_dir, write_json
+from saecircuits.core.files import save_figure, staged_dir, write_json, write_text
 
 
 def draw_curves(methods: list[dict], ablation: str = "counterfactual"):
@@ -37,8 +37,9 @@ def draw_curves(methods: list[dict], ablation: str = "counterfactual"):
     return fig
 
 
-def write_comparison(result: dict, folder: str | Path) -> Path:
-    """Write one comparison into ``folder`` (replaced whole)."""
+def write_comparison(result: dict, folder: str | Path, markdown=None) -> Path:
+    """Write one comparison into ``folder`` (replaced whole); ``markdown(result, figure_names) -> str``, when
+    given, renders ``report.md`` beside the files."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with staged_dir(folder, prefix=f".{folder.name}-") as tmp:
@@ -48,8 +49,11 @@ def write_comparison(result: dict, folder: str | Path) -> Path:
         write_json(tmp / "robustness.json", {"robustness": result["robustness"]})
         import matplotlib.pyplot as plt
 
+        figures = []
         for abl in sorted({m["ablation"] for m in result["methods"]}):
             fig = draw_curves(result["methods"], abl)
-            save_figure(fig, tmp / f"curves-{abl}", formats=("png",))
+            figures += [p.name for p in save_figure(fig, tmp / f"curves-{abl}", formats=("png",))]
             plt.close(fig)
+        if markdown is not None:
+            write_text(tmp / "report.md", markdown(result, figures))
     return folder
