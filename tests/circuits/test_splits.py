@@ -35,9 +35,9 @@ def template_of(text: str, templates: list[str], **fields: str) -> str:
 
 # --- without the real model ---------------------------------------------------------------------
 
-def test_only_ioi_and_greater_than_have_splits_and_sizes_must_be_positive():
-    with pytest.raises(SaecircuitsError, match=r"task induction has no held-out .* \(tasks with splits: ioi, greater_than\)"):
-        build_splits("induction", None, 4, 4, 4)
+def test_only_ioi_greater_than_and_induction_have_splits_and_sizes_must_be_positive():
+    with pytest.raises(SaecircuitsError, match=r"task list_recall has no held-out .* \(tasks with splits: ioi, greater_than, induction\)"):
+        build_splits("list_recall", None, 4, 4, 4)
     with pytest.raises(SaecircuitsError, match="unknown task 'nope'"):
         build_splits("nope", None, 4, 4, 4)
     with pytest.raises(SaecircuitsError, match="ioi: the val split needs at least 1 prompt, got 0"):
@@ -167,3 +167,22 @@ def test_a_split_larger_than_its_names_or_years_allow_is_one_clear_error(smollm2
     with pytest.raises(SaecircuitsError, match=r"greater_than: the val split could build only 4032 distinct prompts, "
                                                r"5000 were asked for \(32 start years, 18 nouns, 7 centuries"):
         build_splits("greater_than", smollm2, 4, 5000, 4)
+
+
+def test_induction_splits_draw_disjoint_tokens_and_test_holds_the_held_out_template(tiny_model):
+    sp = build_splits("induction", tiny_model, 16, 8, 12, seed=3)
+    bos = tiny_model.tokenizer.bos_token_id
+    used = {s: set(t.clean.flatten().tolist()) - {bos} for s, t in sp.tasks().items()}
+    assert not used["train"] & used["val"] and not used["train"] & used["test"] and not used["val"] & used["test"]
+    assert sp.held_out == ("filler + shorter repeat",) and "filler + shorter repeat" in sp.parts["test"].templates
+    assert "filler + shorter repeat" not in sp.parts["train"].templates
+    for split, t in sp.tasks().items():
+        assert t.clean.shape == t.corrupted.shape and t.clean.shape[1] == sp.train.clean.shape[1]
+        for row, corr, answer in zip(t.clean.tolist(), t.corrupted.tolist(), t.answers.tolist()):
+            last = row[-1]
+            earlier = [i for i, tok in enumerate(row[:-1]) if tok == last]
+            assert len(earlier) == 1 and row[earlier[0] + 1] == answer  # induction's answer, unambiguous
+            assert answer not in corr  # the counterfactual's first copy is fresh
+    # test: half its prompts copy from further along (two filler tokens first)
+    starts = [row.index(row[-1]) for row in sp.test.clean.tolist()]
+    assert len(set(starts)) == 2 and len(set(row.index(row[-1]) for row in sp.train.clean.tolist())) == 1

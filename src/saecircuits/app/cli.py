@@ -319,7 +319,7 @@ _COMPARE = ComparisonConfig()  # the circuit-methods command's defaults
 @command(name="circuit-methods")
 def circuit_methods_cmd(
     out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole."),
-    task: str = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than"),
+    task: str = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than | induction"),
     model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
     method: list[str] = typer.Option(list(_COMPARE.methods), "--method", help=" | ".join(METHODS) + " (repeat for several)"),
     granularity: list[str] = typer.Option(list(_COMPARE.granularities), "--granularity", help="nodes | edges"),

@@ -77,7 +77,7 @@ class PruningConfig(Config):
 class ComparisonConfig(Config):
     """The comparison of discovery methods on one task: split sizes, methods and their settings."""
 
-    task: str = Field("ioi", description="ioi or greater_than (tasks with held-out splits)")
+    task: str = Field("ioi", description="ioi, greater_than or induction (tasks with held-out splits)")
     n_train: int = Field(32, ge=1)
     n_val: int = Field(32, ge=1)
     n_test: int = Field(64, ge=2)

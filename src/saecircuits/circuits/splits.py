@@ -21,6 +21,9 @@ checks and task assembly. Each split draws its prompts from its own random strea
   splits; nouns and centuries are shared. Counterfactual: YY -> 01, as ``prompts.greater_than``.
   That builder has one phrasing (``prompts.YEAR_TEMPLATE``); test also uses a second one,
   ``YEAR_TEMPLATE_TEST`` ("ran from ... until"), which no other split sees.
+- ``induction``: the model's non-special token ids are shuffled and dealt to the splits; a prompt is
+  ``x1..x10 x1..x9`` -> ``x10`` (counterfactual: the first copy fresh tokens). Half of test uses the
+  held-out template: two filler tokens, then ``x1..x9 x1..x8`` (the same length, the copy shifted).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from saecircuits.circuits.prompts import (
 from saecircuits.circuits.task import Task
 from saecircuits.circuits.task_names import TASKS, task_key
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.model.loading import special_token_ids
 
 SPLITS = ("train", "val", "test")
 # greater-than's held-out phrasing, used only in test (same fields as prompts.YEAR_TEMPLATE)
@@ -261,6 +265,61 @@ def greater_than_splits(model: HookedTransformer, sizes: dict[str, int], seed: i
     return assemble("greater_than", built, [YEAR_TEMPLATE_TEST], seed)
 
 
+# --- induction ----------------------------------------------------------------------------------
+
+INDUCTION_HALF = 10
+INDUCTION_TEMPLATES = ("repeat", "filler + shorter repeat")  # test also holds the second (same length)
+
+
+def induction_rows(pool: torch.Tensor, n: int, half: int, filler: int, g: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` prompts ``f1..f_filler x1..xh x1..x(h-1)`` -> ``xh`` (counterfactual: the first copy fresh), tokens drawn
+    without replacement per prompt from ``pool``. Returns clean, corrupted [n, filler + 2h - 1], answers [n], wrong [n, 1]."""
+    draw = torch.stack([pool[torch.randperm(len(pool), generator=g)[: 2 * half + filler]] for _ in range(n)])
+    pad, first, fresh = draw[:, :filler], draw[:, filler: filler + half], draw[:, filler + half:]
+    clean = torch.cat([pad, first, first[:, : half - 1]], 1)
+    corrupted = torch.cat([pad, fresh, first[:, : half - 1]], 1)
+    return clean, corrupted, first[:, -1].clone(), fresh[:, -1:].clone()
+
+
+def induction_split(model: HookedTransformer, split: str, n: int, seed: int, pool: list[int]) -> tuple[Task, SplitPart]:
+    """One induction split on the token ids of ``pool``; test's second half uses the held-out template
+    (two filler tokens, then a repeat one token shorter: the same length, the copy elsewhere)."""
+    g = torch.Generator().manual_seed(hash_seed("induction", split, seed))
+    ids = torch.tensor(pool)
+    if len(ids) < 2 * INDUCTION_HALF + 1:
+        raise too_many("induction", split, n, 0, f"its token pool holds {len(ids)} ids, a prompt needs "
+                       f"{2 * INDUCTION_HALF + 1}")
+    n_held = n // 2 if split == "test" else 0
+    parts = [induction_rows(ids, n - n_held, INDUCTION_HALF, 0, g)]
+    if n_held:
+        parts.append(induction_rows(ids, n_held, INDUCTION_HALF - 1, 2, g))
+    clean, corrupted, answers, wrong = (torch.cat(x) for x in zip(*parts))
+    tok = model.tokenizer
+    if bool(model.cfg.default_prepend_bos) and tok is not None and tok.bos_token_id is not None:
+        b = torch.full((n, 1), int(tok.bos_token_id))
+        clean, corrupted = torch.cat([b, clean], 1), torch.cat([b, corrupted], 1)
+    templates = INDUCTION_TEMPLATES if n_held else INDUCTION_TEMPLATES[:1]
+    task = Task("induction", clean, corrupted, answers, wrong, metric_name="logit_diff repeat-fresh", chance=0.5,
+                info={"split": split, "length": clean.shape[1], "half": INDUCTION_HALF, "vocab_size": len(pool),
+                      "counterfactual": "the first copy replaced by fresh tokens"})
+    return task, SplitPart(tuple(sorted(pool)), templates)
+
+
+def induction_splits(model: HookedTransformer, sizes: dict[str, int], seed: int) -> TaskSplits:
+    """Induction on disjoint token ids a split; test also holds a held-out template."""
+    specials = set(special_token_ids(model)) if model.tokenizer is not None else set()
+    vocab = [i for i in range(model.cfg.d_vocab) if i not in specials]
+    pools = deal(vocab, seed, "induction")
+    built = {s: induction_split(model, s, sizes[s], seed, pools[s]) for s in SPLITS}
+    return assemble("induction", built, [INDUCTION_TEMPLATES[1]], seed)
+
+
+def hash_seed(task: str, split: str, seed: int) -> int:
+    """A torch seed from a split's name (stable across runs, like ``split_rng``)."""
+    return split_rng(task, split, seed).randrange(2**62)
+
+
 # each task with splits, by its name in task_names.TASKS
 SPLIT_BUILDERS: dict[str, Callable[[HookedTransformer, dict[str, int], int], TaskSplits]] = {
-    "ioi": ioi_splits, "greater_than": greater_than_splits}
+    "ioi": ioi_splits, "greater_than": greater_than_splits, "induction": induction_splits}
