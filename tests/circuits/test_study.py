@@ -149,28 +149,31 @@ def test_find_and_validate_writes_the_graph_circuit_and_numbers(tmp_path):
 
 
 def test_circuit_command_on_a_local_grouped_query_llama(tmp_path, byte_tokenizer):
+    """``saecircuits circuit --method M --ablation A`` on a model folder: one method's curve beside random circuits,
+    and its circuit chosen on validation, scored on test under every ablation."""
     import subprocess
     import sys
-
-    from saecircuits.core.config import validate
-    from saecircuits.core.errors import SaecircuitsError
 
     folder = save_tiny_llama(tmp_path / "tiny-llama", byte_tokenizer, n_layers=2)
     out = tmp_path / "circuit"
     run = subprocess.run([sys.executable, "-m", "saecircuits", "circuit", "--model", str(folder), "--task", "induction",
-                          "--out", str(out), "--prompts", "8", "--size", "3", "--random", "3", "--no-sae-codes"],
-                         capture_output=True, text=True)
+                          "--method", "edge-pruning", "--ablation", "resample", "--granularity", "edges",
+                          "--train", "8", "--val", "6", "--test", "8", "--random", "3", "--pruning-steps", "2",
+                          "--out", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "faithfulness" in run.stdout and "cannot do induction" in run.stdout  # a random model is flagged
-    data = json.loads((out / "results.json").read_text())
-    assert data["circuit"]["size"] == 3 and data["n_heads"] == 4 and "sae_codes" not in data
-    assert nx.read_graphml(out / "graph.graphml").number_of_nodes() >= 8
-    bad = subprocess.run([sys.executable, "-m", "saecircuits", "circuit", "--out", str(tmp_path / "o"), "--task", "nope"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    assert "edge circuit:" in run.stderr and "written:" in run.stderr and "CMD" in run.stdout  # notes, then the table
+    methods = json.loads((out / "methods.json").read_text())["methods"]
+    assert {(m["name"], m["granularity"], m["ablation"]) for m in methods} == {
+        ("edge-pruning", "edges", "resample"), ("random", "edges", "resample")}
+    circuit = json.loads((out / "circuit.json").read_text())
+    assert circuit["edge_circuit"]["method"] == "edge-pruning" and "head_circuit" not in circuit
+    assert len(circuit["edge_circuit"]["members"]) == circuit["edge_circuit"]["count"]
+    assert all("->" in e for e in circuit["edge_circuit"]["members"])
+    assert (out / "report.md").read_text().startswith("# Circuit discovery: induction on ")
+    bad = subprocess.run([sys.executable, "-m", "saecircuits", "circuit", "--out", str(tmp_path / "o"), "--ablation",
+                          "mean"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown ablation(s) mean" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "o").exists()  # refused before anything was written
-    with pytest.raises(SaecircuitsError, match="field 'ablation'"):
-        validate(CircuitConfig, {"ablation": "bogus"}, where="circuit")
 
 
 # --- the trained induction model (tests/conftest.py: induction_model) ------------------------------

@@ -20,8 +20,7 @@ from saecircuits.app.command import app, command, console
 from saecircuits.app.demo import QUICK, DemoConfig
 from saecircuits.app.demo import run as run_demo
 from saecircuits.app.layers_commands import layers_app
-from saecircuits.circuits.config import METHODS, CircuitConfig, ComparisonConfig
-from saecircuits.circuits.task_names import TASKS
+from saecircuits.circuits.config import ABLATIONS, METHODS, ComparisonConfig
 from saecircuits.core.config import read_yaml, validate
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.dashboards.config import DashboardConfig
@@ -278,60 +277,11 @@ app.add_typer(layers_app, name="layers")  # saecircuits layers MODE: layer-wise 
 
 # ---------------------------------------------------------------- circuit: a task's head circuit, validated by ablation
 
-_CIRCUIT = CircuitConfig()  # the circuit command's defaults
+_COMPARE = ComparisonConfig()  # the circuit and circuit-methods commands' defaults
 
 
-@command(name="circuit")
-def circuit_cmd(
-    out: Path = typer.Option(..., "--out", help="Output folder: results.json, circuit.json, graph.graphml/.json, edge_scores.safetensors."),
-    task: str = typer.Option(_CIRCUIT.task, "--task", help=" | ".join(TASKS)),
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
-    prompts: int = typer.Option(_CIRCUIT.prompts, "--prompts", help="Clean/corrupted prompt pairs."),
-    size: int = typer.Option(_CIRCUIT.size, "--size", help="Heads in the circuit (default: every head above --threshold)."),
-    threshold: float = typer.Option(_CIRCUIT.threshold, "--threshold", help="|normalised patching effect| a head needs when --size is not given."),
-    ablation: str = typer.Option(_CIRCUIT.ablation, "--ablation", help="mean | zero | resample"),
-    random_circuits: int = typer.Option(_CIRCUIT.random_circuits, "--random", help="Random circuits of the same size (the baseline)."),
-    ig_steps: int = typer.Option(_CIRCUIT.ig_steps, "--ig-steps", help="EAP-IG interpolation steps (0: plain EAP)."),
-    edges: bool = typer.Option(_CIRCUIT.edges, "--edges/--no-edges", help="Edge attribution patching over every edge."),
-    sae_codes: bool = typer.Option(True, "--sae-codes/--no-sae-codes", help="Score heads with per-head SAE codes too."),
-    seed: int = typer.Option(_CIRCUIT.seed, "--seed"),
-) -> None:
-    """Find a task's circuit of attention heads and validate it by ablation; write the graph and every number."""
-    from saecircuits.circuits.study import find_and_validate, summary_lines, write_results
-    from saecircuits.model import loading as m
-
-    data = {"task": task, "prompts": prompts, "size": size, "threshold": threshold, "ablation": ablation,
-            "random_circuits": random_circuits, "ig_steps": ig_steps, "edges": edges, "seed": seed}
-    if not sae_codes:
-        data["sae_codes"] = None
-    cfg = validate(CircuitConfig, data, where="circuit")
-    lm = m.load(model)
-    result = find_and_validate(lm, None, cfg, progress=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
-    paths = write_results(result, out)
-    for line in summary_lines(result):
-        Console().print(line, highlight=False)
-    console.print(f"written: {', '.join(str(p) for p in paths.values())}")
-
-
-_COMPARE = ComparisonConfig()  # the circuit-methods command's defaults
-
-
-@command(name="circuit-methods")
-def circuit_methods_cmd(
-    out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole."),
-    task: str = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than | induction"),
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
-    method: list[str] = typer.Option(list(_COMPARE.methods), "--method", help=" | ".join(METHODS) + " (repeat for several)"),
-    granularity: list[str] = typer.Option(list(_COMPARE.granularities), "--granularity", help="nodes | edges"),
-    n_train: int = typer.Option(_COMPARE.n_train, "--train", help="Train prompts (discovery)."),
-    n_val: int = typer.Option(_COMPARE.n_val, "--val", help="Validation prompts (choosing sizes, greedy)."),
-    n_test: int = typer.Option(_COMPARE.n_test, "--test", help="Test prompts (every reported number)."),
-    pruning_steps: int = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target."),
-    random_draws: int = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor)."),
-    seed: int = typer.Option(_COMPARE.seed, "--seed"),
-) -> None:
-    """Compare circuit-discovery methods on held-out prompts: MIB curves (CPR, CMD, k*) under counterfactual and mean
-    ablation, each method's circuit under every ablation and metric, and the reported head and edge circuits."""
+def _comparison(model: str, data: dict, out: Path | None, where: str) -> None:
+    """Validate the settings, run the comparison, write its folder and print its table."""
     import time
 
     from saecircuits.circuits.comparison import compare
@@ -339,10 +289,7 @@ def circuit_methods_cmd(
     from saecircuits.model import loading as m
     from saecircuits.report.comparison import render
 
-    cfg = validate(ComparisonConfig, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-                                      "methods": tuple(method), "granularities": tuple(granularity),
-                                      "random_draws": random_draws, "seed": seed,
-                                      "pruning": {"steps": pruning_steps}}, where="circuit-methods")
+    cfg = validate(ComparisonConfig, data, where=where)
     lm = m.load(model)
     t0 = time.perf_counter()
     result = compare(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
@@ -355,7 +302,63 @@ def circuit_methods_cmd(
         t.add_row(r["name"], r["granularity"], r["ablation"], f"{r['cpr']:.3f}", f"{r['cmd']:.3f}",
                   str(r["k_star"]), f"{r['seconds']:.0f}")
     Console().print(t)
+    for key in ("head_circuit", "edge_circuit"):
+        c = result["circuit"].get(key)
+        if c:
+            cells = ", ".join(f"{a} {row['task']['f']:.2f}" for a, row in c["test"].items() if "task" in row)
+            console.print(f"{key.replace('_', ' ')}: {c['count']} from {c['method']} (validation f {c['val_f']:.3f}); "
+                          f"test f: {cells}")
     console.print(f"written: {folder}")
+
+
+_SPLIT_HELP = {"train": "Train prompts (discovery).", "val": "Validation prompts (choosing the size; greedy).",
+               "test": "Test prompts (every reported number)."}
+
+
+@command(name="circuit")
+def circuit_cmd(
+    out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole."),
+    task: str = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than | induction"),
+    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    method: str = typer.Option("eap-ig", "--method", help=" | ".join(m for m in METHODS if m != "random")),
+    ablation: str = typer.Option(_COMPARE.curve_ablations[0], "--ablation", help=" | ".join(ABLATIONS)),
+    granularity: str = typer.Option("nodes", "--granularity", help="nodes (heads and MLPs) | edges"),
+    n_train: int = typer.Option(_COMPARE.n_train, "--train", help=_SPLIT_HELP["train"]),
+    n_val: int = typer.Option(_COMPARE.n_val, "--val", help=_SPLIT_HELP["val"]),
+    n_test: int = typer.Option(_COMPARE.n_test, "--test", help=_SPLIT_HELP["test"]),
+    pruning_steps: int = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target."),
+    random_draws: int = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor)."),
+    seed: int = typer.Option(_COMPARE.seed, "--seed"),
+) -> None:
+    """Find a task's circuit with one method on train prompts, choose its size on validation prompts, and score it on
+    test prompts: its f(k) curve under --ablation beside random circuits, and the chosen circuit under every ablation."""
+    methods = ("topk-patching", "greedy") if method == "greedy" else (method,)  # greedy refines patching's ranking
+    _comparison(model, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
+                        "methods": (*methods, "random"), "granularities": (granularity,),
+                        "curve_ablations": (ablation,), "random_draws": random_draws, "seed": seed,
+                        "pruning": {"steps": pruning_steps}}, out, "circuit")
+
+
+@command(name="circuit-methods")
+def circuit_methods_cmd(
+    out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole."),
+    task: str = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than | induction"),
+    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    method: list[str] = typer.Option(list(_COMPARE.methods), "--method", help=" | ".join(METHODS) + " (repeat for several)"),
+    granularity: list[str] = typer.Option(list(_COMPARE.granularities), "--granularity", help="nodes | edges"),
+    n_train: int = typer.Option(_COMPARE.n_train, "--train", help=_SPLIT_HELP["train"]),
+    n_val: int = typer.Option(_COMPARE.n_val, "--val", help=_SPLIT_HELP["val"]),
+    n_test: int = typer.Option(_COMPARE.n_test, "--test", help=_SPLIT_HELP["test"]),
+    pruning_steps: int = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target."),
+    random_draws: int = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor)."),
+    seed: int = typer.Option(_COMPARE.seed, "--seed"),
+) -> None:
+    """Compare circuit-discovery methods on held-out prompts: MIB curves (CPR, CMD, k*) under counterfactual and mean
+    ablation, each method's circuit under every ablation and metric, and the reported head and edge circuits."""
+    _comparison(model, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
+                        "methods": tuple(method), "granularities": tuple(granularity),
+                        "random_draws": random_draws, "seed": seed, "pruning": {"steps": pruning_steps}},
+                out, "circuit-methods")
 
 
 @command

@@ -29,7 +29,6 @@ from saecircuits.circuits.splits import build_splits
 from saecircuits.circuits.sweep import random_masks, run_masks, summarise, top_k
 from saecircuits.core.errors import SaecircuitsError
 
-CURVE_ABLATIONS = ("counterfactual", "mean-clean")
 TOLERANCE = 0.1
 
 
@@ -145,7 +144,7 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
     for (method, gran), fn in fns.items():
         n = g.n_edges if gran == "edges" else g.n_nodes
         counts = mib_counts(n)
-        for abl in CURVE_ABLATIONS if fn is not None else CURVE_ABLATIONS[:1]:  # random: the primary ablation
+        for abl in cfg.curve_ablations if fn is not None else cfg.curve_ablations[:1]:  # random: the primary one
             t = time.perf_counter()
             try:
                 if fn is None:  # random: draws x sizes

@@ -52,6 +52,8 @@ class CircuitConfig(Config):
 
 
 METHODS = ("topk-patching", "eap", "eap-ig", "edge-pruning", "greedy", "random")
+# what a cut edge reads (circuits/evaluation.py says what each means)
+ABLATIONS = ("counterfactual", "mean-clean", "mean-counterfactual", "zero", "resample")
 
 
 class PruningConfig(Config):
@@ -83,6 +85,8 @@ class ComparisonConfig(Config):
     n_test: int = Field(64, ge=2)
     methods: tuple[str, ...] = METHODS
     granularities: tuple[Literal["nodes", "edges"], ...] = ("nodes", "edges")
+    curve_ablations: tuple[str, ...] = Field(("counterfactual", "mean-clean"),
+                                             description="ablations the curves are scored under (the first is primary)")
     ig_steps: int = Field(5, ge=1)
     random_draws: int = Field(20, ge=1)
     greedy_pool: int = Field(16, ge=1, description="candidates greedy adds from: the base ranking's top nodes")
@@ -97,4 +101,12 @@ class ComparisonConfig(Config):
         unknown = [m for m in v if m not in METHODS]
         if unknown or not v:
             raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+        return v
+
+    @field_validator("curve_ablations")
+    @classmethod
+    def _known_ablations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [a for a in v if a not in ABLATIONS]
+        if unknown or not v:
+            raise ValueError(f"unknown ablation(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ABLATIONS)}")
         return v

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from saecircuits.circuits.config import ABLATIONS
 from saecircuits.circuits.masked_forward import MaskedForward
 from saecircuits.circuits.task import Task
 from saecircuits.core import distributed
 from saecircuits.core.errors import SaecircuitsError
 
-ABLATIONS = ("counterfactual", "mean-clean", "mean-counterfactual", "zero", "resample")
 METRICS = ("task", "kl", "prob", "accuracy")
 
 
