@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-heads", type=int, default=3, help="heads timed the naive way (0: skip)")
     ap.add_argument("--overlap", default=None, help="a second task whose circuit is compared, e.g. colored_objects")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--out", default=None, help="default: circuits/results/ioi-MODEL")
+    ap.add_argument("--out", default=None, help="default: circuits/results/head-patching/ioi-MODEL")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    out = Path(args.out or f"circuits/results/ioi-{args.model}")
+    out = Path(args.out or f"circuits/results/head-patching/ioi-{args.model}")
     base = {"prompts": args.prompts, "size": args.size, "threshold": args.threshold, "ablation": args.ablation,
             "random_circuits": args.random, "ig_steps": args.ig_steps, "edges": not args.no_edges, "seed": args.seed}
     if args.no_sae_codes:
