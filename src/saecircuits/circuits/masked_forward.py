@@ -70,6 +70,9 @@ class MaskedForward:
         self.post_norm = bool(c.use_normalization_before_and_after)
         self.W_O = torch.stack([b.attn.W_O for b in model.blocks]).detach()  # [L, H, d_head, d_model]
         self.b_O = torch.stack([b.attn.b_O for b in model.blocks]).detach() / c.n_heads  # [L, d_model], a head's share
+        # token positions run through every block (a run from block L counts its share), for the speed floor:
+        # plain or node-masked, edge-masked, and those that also ran backward
+        self.work = {"tokens": 0, "edge_tokens": 0, "backward_tokens": 0}
 
     @torch.no_grad()
     def sender_outputs(self, tokens: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -103,6 +106,10 @@ class MaskedForward:
             raise SaecircuitsError("a masked run needs the ablated run's sender outputs")
         M = 1 if not masked else (edges if edges is not None else nodes).shape[0]
         b, p = tokens.shape
+        depth = 1 - (start[0] / g.n_layers if start is not None else 0)  # share of the blocks this run covers
+        self.work["edge_tokens" if edges is not None else "tokens"] += M * b * p * depth
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (edges, nodes, embeddings)):
+            self.work["backward_tokens"] += M * b * p
         if edges is not None:
             edges = edges.to(torch.get_default_dtype())
             cut = 1 - edges  # [M, S, R]
