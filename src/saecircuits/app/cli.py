@@ -286,14 +286,25 @@ def _comparison(model: str, data: dict, out: Path | None, where: str) -> None:
 
     from saecircuits.circuits.comparison import compare
     from saecircuits.circuits.comparison_files import write_comparison
+    from saecircuits.core import distributed
     from saecircuits.model import loading as m
     from saecircuits.report.comparison import render
 
     cfg = validate(ComparisonConfig, data, where=where)
+    distributed.init()  # under torchrun: edge pruning and the evaluations split their prompts across processes
+    main = distributed.is_main()
+    if distributed.active() and not main:
+        distributed.barrier()  # rank 0 converts an offline model once; the others then read its cache
     lm = m.load(model)
+    if distributed.active() and main:
+        distributed.barrier()
     t0 = time.perf_counter()
-    result = compare(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
-    result["config"] = {**cfg.model_dump(), "model": model, "seconds": time.perf_counter() - t0}
+    result = compare(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False) if main
+                     else None)
+    if not main:
+        return
+    result["config"] = {**cfg.model_dump(), "model": model, "seconds": time.perf_counter() - t0,
+                        "processes": distributed.world()}
     folder = write_comparison(result, out or Path("circuits/results") / f"{cfg.task}-{model}", markdown=render)
     t = Table(title=f"{cfg.task} on {model}: faithfulness on {cfg.n_test} test prompts")
     for col in ("method", "granularity", "ablation", "CPR", "CMD", "k* (%)", "seconds"):

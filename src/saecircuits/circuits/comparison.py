@@ -187,5 +187,5 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
         if gran == "nodes":
             circuit["heads"] = [m for m in members if not m.startswith("mlp")]
             circuit["mlps"] = [m for m in members if m.startswith("mlp")]
-    return {"methods": methods, "circuit": circuit, "robustness": robust,
+    return {"methods": methods, "circuit": circuit, "robustness": robust, "work": dict(forward.work),
             "graph": {"n_nodes": g.n_nodes, "n_edges": g.n_edges, "n_heads": g.n_layers * g.n_heads}}
