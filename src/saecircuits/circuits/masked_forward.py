@@ -58,6 +58,61 @@ def split_inputs(model: HookedTransformer) -> Iterator[None]:
         c.use_split_qkv_input, c.ungroup_grouped_query_attention = saved
 
 
+class _Deltas:
+    """Each sender's output minus its ablated output, ``D`` [M, S, b * pos * d_model] (mask-major, so a receiver's
+    sum over senders is one batched matmul on a view), and under autograd the gradient the receivers send back to
+    them, ``grad`` (same shape). One buffer a run: no copies per receiver."""
+
+    def __init__(self) -> None:
+        self.D: torch.Tensor | None = None
+        self.grad: torch.Tensor | None = None
+
+
+class _Slot(torch.autograd.Function):
+    """Writes senders' out - abl into the buffer; its backward hands them the gradient the receivers collected.
+
+    Returns an empty token: every later receiver takes it as an input, so autograd runs their backward first."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, abl: torch.Tensor, deltas: _Deltas, first: int) -> torch.Tensor:
+        n, M = out.shape[0], deltas.D.shape[0]
+        d = out.view(n, M, -1, *out.shape[2:]) - abl[:, None]  # [n, M, b, p, d_model]
+        deltas.D[:, first: first + n] = d.transpose(0, 1).flatten(2)
+        ctx.deltas, ctx.first, ctx.shape = deltas, first, out.shape
+        return out.new_zeros(0)
+
+    @staticmethod
+    def backward(ctx, _token_grad: torch.Tensor):
+        grad = ctx.deltas.grad
+        n = ctx.shape[0]
+        if grad is None:
+            return None, None, None, None
+        g = grad[:, ctx.first: ctx.first + n].transpose(0, 1)  # [n, M, b * p * d_model]
+        return g.reshape(ctx.shape), None, None, None
+
+
+class _Receive(torch.autograd.Function):
+    """corr[m, r] = sum_s w[m, s, r] D[s, m] over the first ``n`` senders: [M, R, b, pos, d_model]."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, deltas: _Deltas, n: int, *tokens: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        ctx.deltas, ctx.n = deltas, n
+        return torch.bmm(w.transpose(1, 2), deltas.D[:, :n])  # [M, R, b * p * d_model]
+
+    @staticmethod
+    def backward(ctx, grad_corr: torch.Tensor):
+        (w,) = ctx.saved_tensors
+        deltas, n = ctx.deltas, ctx.n
+        D = deltas.D[:, :n]
+        grad_w = torch.bmm(D, grad_corr.transpose(1, 2)) if ctx.needs_input_grad[0] else None  # [M, n, R]
+        if any(ctx.needs_input_grad[3:]):
+            if deltas.grad is None:
+                deltas.grad = torch.zeros_like(deltas.D)
+            deltas.grad[:, :n].baddbmm_(w, grad_corr)
+        return (grad_w, None, None, *([None] * (len(ctx.needs_input_grad) - 3)))
+
+
 class MaskedForward:
     """Runs of one model with edge or node masks. Every tensor of senders is [S, ...] in graph order."""
 
@@ -121,10 +176,12 @@ class MaskedForward:
             zs["z"] = z
             return z
 
-        # out - abl of the senders so far (edge masks): one buffer filled in place, or under autograd a list of
-        # [n, M, b, p, d] blocks concatenated when read
-        deltas: list[torch.Tensor] = []
-        buffer = not torch.is_grad_enabled()
+        # out - abl of every sender (edge masks), written once each; receivers read prefixes of it
+        deltas = _Deltas()
+        tokens_in: list[torch.Tensor] = []  # what ties each receiver's backward before its senders' (autograd)
+        if delta is not None:
+            deltas.D = delta.flatten(1)[None].expand(M, delta.shape[0], b * p * delta.shape[-1]) if delta.shape[1] == b \
+                else delta.expand(-1, b, -1, -1).flatten(1)[None].expand(M, -1, -1)
 
         def emit(first: int, out: torch.Tensor) -> torch.Tensor:
             """Take senders first.. (``out`` [n, M*b, p, d]) into the stream: node-masked, recorded, their deltas kept."""
@@ -136,13 +193,11 @@ class MaskedForward:
                 abl = ablated[first: first + n, None]
                 out = (keep * out.view(n, M, b, p, -1) + (1 - keep) * abl).reshape(n, M * b, p, -1)
             elif edges is not None and delta is None:
-                d = out.view(n, M, b, p, -1) - ablated[first: first + n, None]
-                if not buffer:
-                    deltas.append(d.expand(n, M, b, p, d.shape[-1]))
-                else:
-                    if not deltas:
-                        deltas.append(out.new_empty(len(g.senders), M, b, p, out.shape[-1]))
-                    deltas[0][first: first + n] = d
+                if deltas.D is None:
+                    deltas.D = out.new_empty(M, len(g.senders), b * p * out.shape[-1])
+                token = _Slot.apply(out, ablated[first: first + n], deltas, first)
+                if token.requires_grad:
+                    tokens_in.append(token)
             return out.sum(0)
 
         def receive(stream: torch.Tensor, n_senders: int, recv: slice) -> torch.Tensor | None:
@@ -152,11 +207,7 @@ class MaskedForward:
             w = cut[:, :n_senders, recv]
             if not w.requires_grad and not bool(w.any()):
                 return None
-            if delta is not None:
-                D = delta[:n_senders, None].expand(n_senders, M, b, p, delta.shape[-1])
-            else:
-                D = deltas[0] if len(deltas) == 1 else torch.cat(deltas, 0)
-            corr = torch.einsum("msr,smbpd->mrbpd", w, D[:n_senders])
+            corr = _Receive.apply(w, deltas, n_senders, *tokens_in).view(M, -1, b, p, stream.shape[-1])
             return stream.view(M, 1, b, p, -1) - corr
 
         with contextlib.ExitStack() as stack:
