@@ -203,3 +203,21 @@ def test_pruning_without_a_penalty_keeps_every_edge_and_the_full_model(planted):
     assert bool((z == 1).all())
     v = test.run("counterfactual", edges=f.graph.edges_unflat(z > 0.5, False)[None])["task"]
     torch.testing.assert_close(v[0], test.full["task"], atol=1e-4, rtol=0)
+
+
+def test_a_run_from_a_circuits_stream_equals_the_whole_run(planted):
+    _, _, _, f, test, prev, inductors = planted
+    g = f.graph
+    current = torch.zeros(g.n_nodes, dtype=torch.bool)
+    current[prev - 1] = True
+    streams = test.streams("counterfactual", current)
+    assert streams.shape == (g.n_layers, len(test.test), test.test.clean.shape[1], f.model.cfg.d_model)
+    flipped = current[None].repeat(2, 1)
+    flipped[0, inductors[0] - 1] = True  # a layer-1 head added: the run agrees with `current` before block 1
+    flipped[1, prev - 1] = False
+    whole = test.run("counterfactual", nodes=flipped[:1])["task"]
+    torch.testing.assert_close(test.run("counterfactual", nodes=flipped[:1], start=(1, streams[1]))["task"], whole,
+                               atol=1e-5, rtol=0)
+    # a circuit that differs before the block does not: the stream is the contract
+    differs = test.run("counterfactual", nodes=flipped[1:], start=(1, streams[1]))["task"]
+    assert (differs - test.run("counterfactual", nodes=flipped[1:])["task"]).abs().max() > 1e-3

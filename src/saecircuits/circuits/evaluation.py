@@ -126,9 +126,25 @@ class Evaluator:
         return self._empty[kind]
 
     @torch.no_grad()
-    def run(self, kind: str, edges: torch.Tensor | None = None, nodes: torch.Tensor | None = None
-            ) -> dict[str, torch.Tensor]:
-        """Every metric of M circuits (``edges`` [M, S, R] or ``nodes`` [M, n_nodes], True = kept): [M, n] each."""
+    def streams(self, kind: str, nodes: torch.Tensor) -> torch.Tensor:
+        """The stream entering every block in the run of one node circuit ([n_nodes]): [n_layers, n, pos, d_model]."""
+        abl = self.ablated(kind)
+        out = []
+        for i in range(0, len(self.test), self.batch_size):
+            sl = slice(i, min(i + self.batch_size, len(self.test)))
+            kept: list[torch.Tensor] = []
+            self.forward.run(self.test.clean[sl], self.positions, abl[:, sl] if abl.shape[1] != 1 else abl,
+                             nodes=nodes[None], streams=kept)
+            out.append(torch.stack(kept))
+        return torch.cat(out, 1)
+
+    @torch.no_grad()
+    def run(self, kind: str, edges: torch.Tensor | None = None, nodes: torch.Tensor | None = None,
+            start: tuple[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Every metric of M circuits (``edges`` [M, S, R] or ``nodes`` [M, n_nodes], True = kept): [M, n] each.
+
+        ``start`` (layer, streams [n, pos, d_model]): node circuits that agree before that block begin there from
+        ``streams`` (see ``streams``)."""
         masks = edges if edges is not None else nodes
         if masks is None:
             raise SaecircuitsError("give the circuits as edge masks or node masks")
@@ -148,7 +164,8 @@ class Evaluator:
             for j in range(0, len(masks), step):
                 m = masks[j: j + step]
                 logits = self.forward.run(sub.clean, self.positions, a, edges=m if edges is not None else None,
-                                          nodes=m if nodes is not None else None)
+                                          nodes=m if nodes is not None else None,
+                                          start=None if start is None else (start[0], start[1][sl]))
                 many = sub.subset(torch.arange(len(sub)).repeat(len(m)))
                 vals = metrics(many, logits.flatten(0, 1), self.full_logprobs[sl].repeat(len(m), 1, 1))
                 for k in METRICS:

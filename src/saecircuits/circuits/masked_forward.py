@@ -142,7 +142,7 @@ class MaskedForward:
     def run(self, tokens: torch.Tensor, positions: Sequence[int], ablated: torch.Tensor | None = None,
             edges: torch.Tensor | None = None, nodes: torch.Tensor | None = None,
             delta: torch.Tensor | None = None, record: list | None = None, embeddings: torch.Tensor | None = None,
-            start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+            start: tuple[int, torch.Tensor] | None = None, streams: list | None = None) -> torch.Tensor:
         """Logits at ``positions`` with a mask: [M, b, len(positions), vocab].
 
         ``tokens`` [b, pos]. ``ablated``: [S, b or 1, pos, d_model] sender outputs of the ablated run.
@@ -150,8 +150,9 @@ class MaskedForward:
         itself. ``delta`` [S, b or 1, pos, d_model]: fixed differences in place of out - abl (edges only).
         ``record``: a list that receives each sender's output (M = 1). ``embeddings`` [b, pos, d_model]:
         the stream entering block 0, in place of the tokens' own (for interpolated inputs).
-        ``start`` (layer, resid [b, pos, d_model]): begin at that block from the unmodified run's stream
-        entering it; only for node masks that keep every node before it (or no mask).
+        ``start`` (layer, resid [b, pos, d_model]): begin at that block from ``resid``, the stream this run has
+        entering it: that of any run whose node mask agrees with this one before the block (no edge masks).
+        ``streams``: a list that receives the stream entering each block run ([M * b, pos, d_model]).
         """
         g, model = self.graph, self.model
         if edges is not None and nodes is not None:
@@ -217,14 +218,15 @@ class MaskedForward:
             first = 0
             if start is not None:
                 first, x0 = start
-                if edges is not None or (nodes is not None and not bool(nodes[:, : g.senders_before(first)].all())):
-                    raise SaecircuitsError("a run can start past block 0 only with node masks that keep every "
-                                           "node before it")
+                if edges is not None:
+                    raise SaecircuitsError("a run can start past block 0 only with node masks")
                 stream = x0.repeat(M, 1, 1)
             else:
                 x0 = model(tokens, stop_at_layer=0) if embeddings is None else embeddings  # [b, p, d]
                 stream = emit(0, x0[None].repeat(1, M, 1, 1))
             for L in range(first, g.n_layers):
+                if streams is not None:
+                    streams.append(stream.detach())
                 stream = self._block(L, stream, emit, receive, M, b, p, zs)
             final = stream.view(M, b, p, -1)[:, :, list(positions)]
             ins = receive(stream, len(g.senders), slice(len(g.receivers) - 1, len(g.receivers)))
