@@ -209,12 +209,12 @@ def test_a_run_from_a_circuits_stream_equals_the_whole_run(planted):
     _, _, _, f, test, prev, inductors = planted
     g = f.graph
     current = torch.zeros(g.n_nodes, dtype=torch.bool)
-    current[prev - 1] = True
+    current[[prev - 1, inductors[0] - 1]] = True
     streams = test.streams("counterfactual", current)
     assert streams.shape == (g.n_layers, len(test.test), test.test.clean.shape[1], f.model.cfg.d_model)
     flipped = current[None].repeat(2, 1)
-    flipped[0, inductors[0] - 1] = True  # a layer-1 head added: the run agrees with `current` before block 1
-    flipped[1, prev - 1] = False
+    flipped[0, inductors[0] - 1] = False  # a layer-1 head dropped: the run agrees with `current` before block 1
+    flipped[1, prev - 1] = False  # the previous-token head dropped: it does not
     whole = test.run("counterfactual", nodes=flipped[:1])["task"]
     torch.testing.assert_close(test.run("counterfactual", nodes=flipped[:1], start=(1, streams[1]))["task"], whole,
                                atol=1e-5, rtol=0)
