@@ -22,7 +22,8 @@ def test_circuit_methods_command_writes_one_whole_comparison(tmp_path, smollm2):
                           "--random", "2", "--out", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in out.iterdir()) == ["circuit.json", "curves-counterfactual.png",
-                                                       "curves-mean-clean.png", "methods.json", "robustness.json"]
+                                                       "curves-mean-clean.png", "methods.json", "report.md",
+                                                       "robustness.json"]
     methods = json.loads((out / "methods.json").read_text())["methods"]
     names = {(m["name"], m["granularity"], m["ablation"]) for m in methods}
     assert names == {("eap", "nodes", "counterfactual"), ("eap", "nodes", "mean-clean"),

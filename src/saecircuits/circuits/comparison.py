@@ -128,6 +128,29 @@ def robustness(test: Evaluator, gran: str, mask: torch.Tensor, draws: int = 0, s
     return {"cells": cells, "verdict_flips": len(set(verdicts)) > 1}
 
 
+def reported(test: Evaluator, chosen: dict, cfg: ComparisonConfig) -> dict:
+    """The reported head and edge circuits: per granularity, of the circuits each method chose on validation, the
+    smallest within 0.1 of f = 1 (else the closest), scored on test under every ablation beside random ones."""
+    g = test.forward.graph
+    out: dict = {}
+    for gran in cfg.granularities:
+        options = [(abs(1 - v[1]) > TOLERANCE, v[0], abs(1 - v[1]), m) for (m, gg), v in chosen.items() if gg == gran]
+        if not options:
+            continue
+        _, count, _, method = min(options)
+        _, f_val, mask = chosen[method, gran]
+        units = g.nodes if gran == "nodes" else g.edge_names()
+        rob = robustness(test, gran, mask, cfg.random_draws, cfg.seed)
+        members = [units[i] for i in mask.nonzero()[:, 0].tolist()]
+        out["head_circuit" if gran == "nodes" else "edge_circuit"] = {
+            "method": method, "count": count, "val_f": f_val, "members": members, "test": rob["cells"],
+            "verdict_flips": rob["verdict_flips"]}
+        if gran == "nodes":
+            out["heads"] = [m for m in members if not m.startswith("mlp")]
+            out["mlps"] = [m for m in members if m.startswith("mlp")]
+    return out
+
+
 def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str], None] = lambda s: None) -> dict:
     """The whole comparison for one task and model: {"methods": [...], "circuit": {...}, "robustness": [...]}."""
     splits = build_splits(cfg.task, model, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
@@ -171,21 +194,6 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
                        **robustness(test, gran, mask)})
         note(f"{method} {gran}: chose {count} on validation (f {f_val:.3f})")
     circuit = {"task": cfg.task, "model": model.cfg.model_name, "splits": {s: len(t) for s, t in splits.tasks().items()},
-               "held_out_templates": list(splits.held_out)}
-    for gran in cfg.granularities:
-        options = [(abs(1 - v[1]) > TOLERANCE, v[0], abs(1 - v[1]), m) for (m, gg), v in chosen.items() if gg == gran]
-        if not options:
-            continue
-        _, count, _, method = min(options)
-        _, f_val, mask = chosen[method, gran]
-        units = g.nodes if gran == "nodes" else g.edge_names()
-        rob = robustness(test, gran, mask, cfg.random_draws, cfg.seed)
-        key = "head_circuit" if gran == "nodes" else "edge_circuit"
-        members = [units[i] for i in mask.nonzero()[:, 0].tolist()]
-        circuit[key] = {"method": method, "count": count, "val_f": f_val, "members": members,
-                        "test": rob["cells"], "verdict_flips": rob["verdict_flips"]}
-        if gran == "nodes":
-            circuit["heads"] = [m for m in members if not m.startswith("mlp")]
-            circuit["mlps"] = [m for m in members if m.startswith("mlp")]
+               "held_out_templates": list(splits.held_out), **reported(test, chosen, cfg)}
     return {"methods": methods, "circuit": circuit, "robustness": robust, "work": dict(forward.work),
             "graph": {"n_nodes": g.n_nodes, "n_edges": g.n_edges, "n_heads": g.n_layers * g.n_heads}}

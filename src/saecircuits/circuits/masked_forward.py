@@ -113,6 +113,60 @@ class _Receive(torch.autograd.Function):
         return (grad_w, None, None, *([None] * (len(ctx.needs_input_grad) - 3)))
 
 
+class _Run:
+    """One masked run's state: its masks, the ablated outputs, the sender-delta buffer, the last head outputs."""
+
+    def __init__(self, g: ComputationGraph, shape: torch.Size, ablated: torch.Tensor | None,
+                 edges: torch.Tensor | None, nodes: torch.Tensor | None, delta: torch.Tensor | None, record: list | None):
+        masks = edges if edges is not None else nodes
+        self.g, self.M, (self.b, self.p) = g, 1 if masks is None else masks.shape[0], shape
+        self.ablated, self.delta, self.record = ablated, delta, record
+        self.edges = None if edges is None else edges.to(torch.get_default_dtype())
+        self.cut = None if edges is None else 1 - self.edges  # [M, S, R]
+        self.nodes = None if nodes is None else torch.cat([torch.ones_like(nodes[:, :1]), nodes], 1).to(
+            torch.get_default_dtype())  # with the input, always kept
+        self.z: list[torch.Tensor] = []
+        # out - abl of every sender (edge masks), written once each; receivers read prefixes of it
+        self.deltas = _Deltas()
+        self.tokens: list[torch.Tensor] = []  # what ties each receiver's backward before its senders' (autograd)
+        if delta is not None:
+            M, b, p = self.M, self.b, self.p
+            self.deltas.D = delta.flatten(1)[None].expand(M, delta.shape[0], b * p * delta.shape[-1]) \
+                if delta.shape[1] == b else delta.expand(-1, b, -1, -1).flatten(1)[None].expand(M, -1, -1)
+
+    def keep_z(self, z: torch.Tensor, hook) -> torch.Tensor:
+        self.z.append(z)
+        return z
+
+    def emit(self, first: int, out: torch.Tensor) -> torch.Tensor:
+        """Take senders first.. (``out`` [n, M*b, p, d]) into the stream: node-masked, recorded, their deltas kept."""
+        n, M, b, p = out.shape[0], self.M, self.b, self.p
+        if self.record is not None:
+            self.record.extend(out.detach().unbind(0))
+        if self.nodes is not None:
+            keep = self.nodes[:, first: first + n].T[:, :, None, None, None]  # [n, M, 1, 1, 1]
+            abl = self.ablated[first: first + n, None]
+            out = (keep * out.view(n, M, b, p, -1) + (1 - keep) * abl).reshape(n, M * b, p, -1)
+        elif self.edges is not None and self.delta is None:
+            if self.deltas.D is None:
+                self.deltas.D = out.new_empty(M, len(self.g.senders), b * p * out.shape[-1])
+            token = _Slot.apply(out, self.ablated[first: first + n], self.deltas, first)
+            if token.requires_grad:
+                self.tokens.append(token)
+        return out.sum(0)
+
+    def receive(self, stream: torch.Tensor, n_senders: int, recv: slice) -> torch.Tensor | None:
+        """The inputs of receivers ``recv``: [M, R, b, p, d] (None: no edge into them is cut)."""
+        if self.cut is None:
+            return None
+        w = self.cut[:, :n_senders, recv]
+        if not w.requires_grad and not bool(w.any()):
+            return None
+        M, b, p = self.M, self.b, self.p
+        corr = _Receive.apply(w, self.deltas, n_senders, *self.tokens).view(M, -1, b, p, stream.shape[-1])
+        return stream.view(M, 1, b, p, -1) - corr
+
+
 class MaskedForward:
     """Runs of one model with edge or node masks. Every tensor of senders is [S, ...] in graph order."""
 
@@ -157,87 +211,41 @@ class MaskedForward:
         g, model = self.graph, self.model
         if edges is not None and nodes is not None:
             raise SaecircuitsError("give edge masks or node masks, not both")
-        masked = edges is not None or nodes is not None
-        if masked and ablated is None and delta is None:
+        if (edges is not None or nodes is not None) and ablated is None and delta is None:
             raise SaecircuitsError("a masked run needs the ablated run's sender outputs")
-        M = 1 if not masked else (edges if edges is not None else nodes).shape[0]
-        b, p = tokens.shape
+        if start is not None and edges is not None:
+            raise SaecircuitsError("a run can start past block 0 only with node masks")
+        run = _Run(g, tokens.shape, ablated, edges, nodes, delta, record)
+        M, b, p = run.M, run.b, run.p
         depth = 1 - (start[0] / g.n_layers if start is not None else 0)  # share of the blocks this run covers
         self.work["edge_tokens" if edges is not None else "tokens"] += M * b * p * depth
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (edges, nodes, embeddings)):
             self.work["backward_tokens"] += M * b * p
-        if edges is not None:
-            edges = edges.to(torch.get_default_dtype())
-            cut = 1 - edges  # [M, S, R]
-        if nodes is not None:
-            nodes = torch.cat([torch.ones_like(nodes[:, :1]), nodes], 1).to(torch.get_default_dtype())  # with input
-        zs: dict[str, torch.Tensor] = {}
-
-        def keep_z(z, hook):
-            zs["z"] = z
-            return z
-
-        # out - abl of every sender (edge masks), written once each; receivers read prefixes of it
-        deltas = _Deltas()
-        tokens_in: list[torch.Tensor] = []  # what ties each receiver's backward before its senders' (autograd)
-        if delta is not None:
-            deltas.D = delta.flatten(1)[None].expand(M, delta.shape[0], b * p * delta.shape[-1]) if delta.shape[1] == b \
-                else delta.expand(-1, b, -1, -1).flatten(1)[None].expand(M, -1, -1)
-
-        def emit(first: int, out: torch.Tensor) -> torch.Tensor:
-            """Take senders first.. (``out`` [n, M*b, p, d]) into the stream: node-masked, recorded, their deltas kept."""
-            n = out.shape[0]
-            if record is not None:
-                record.extend(out.detach().unbind(0))
-            if nodes is not None:
-                keep = nodes[:, first: first + n].T[:, :, None, None, None]  # [n, M, 1, 1, 1]
-                abl = ablated[first: first + n, None]
-                out = (keep * out.view(n, M, b, p, -1) + (1 - keep) * abl).reshape(n, M * b, p, -1)
-            elif edges is not None and delta is None:
-                if deltas.D is None:
-                    deltas.D = out.new_empty(M, len(g.senders), b * p * out.shape[-1])
-                token = _Slot.apply(out, ablated[first: first + n], deltas, first)
-                if token.requires_grad:
-                    tokens_in.append(token)
-            return out.sum(0)
-
-        def receive(stream: torch.Tensor, n_senders: int, recv: slice) -> torch.Tensor | None:
-            """The inputs of receivers ``recv``: [M, R, b, p, d] (None: no edge into them is cut)."""
-            if edges is None:
-                return None
-            w = cut[:, :n_senders, recv]
-            if not w.requires_grad and not bool(w.any()):
-                return None
-            corr = _Receive.apply(w, deltas, n_senders, *tokens_in).view(M, -1, b, p, stream.shape[-1])
-            return stream.view(M, 1, b, p, -1) - corr
-
         with contextlib.ExitStack() as stack:
             if edges is not None:
                 stack.enter_context(split_inputs(model))
-            stack.enter_context(model.hooks(fwd_hooks=[(z_hook(L), keep_z) for L in range(g.n_layers)]))
-            first = 0
+            stack.enter_context(model.hooks(fwd_hooks=[(z_hook(L), run.keep_z) for L in range(g.n_layers)]))
             if start is not None:
-                first, x0 = start
-                if edges is not None:
-                    raise SaecircuitsError("a run can start past block 0 only with node masks")
-                stream = x0.repeat(M, 1, 1)
+                first, stream = start[0], start[1].repeat(M, 1, 1)
             else:
                 x0 = model(tokens, stop_at_layer=0) if embeddings is None else embeddings  # [b, p, d]
-                stream = emit(0, x0[None].repeat(1, M, 1, 1))
+                first, stream = 0, run.emit(0, x0[None].repeat(1, M, 1, 1))
             for L in range(first, g.n_layers):
                 if streams is not None:
                     streams.append(stream.detach())
-                stream = self._block(L, stream, emit, receive, M, b, p, zs)
+                stream = self._block(L, stream, run)
             final = stream.view(M, b, p, -1)[:, :, list(positions)]
-            ins = receive(stream, len(g.senders), slice(len(g.receivers) - 1, len(g.receivers)))
+            ins = run.receive(stream, len(g.senders), slice(len(g.receivers) - 1, len(g.receivers)))
             if ins is not None:
                 final = ins[:, 0][:, :, list(positions)]
         logits = unembed(model, final.reshape(M * b, len(positions), -1))
         return logits.view(M, b, len(positions), -1)
 
-    def _block(self, L: int, stream: torch.Tensor, emit, receive, M: int, b: int, p: int, zs: dict) -> torch.Tensor:
+    def _block(self, L: int, stream: torch.Tensor, run: _Run) -> torch.Tensor:
         """One block: attention from its q/k/v receivers, the heads emitted, then the MLP."""
         g, blk = self.graph, self.model.blocks[L]
+        M, b, p = run.M, run.b, run.p
+        emit, receive = run.emit, run.receive
         H, K = g.n_heads, g.n_kv
         rb = g.receiver_block(L)
         ins = receive(stream, g.senders_before(L), slice(rb.start, rb.start + H + 2 * K))
@@ -250,7 +258,7 @@ class MaskedForward:
             per_head = ins.permute(0, 2, 3, 1, 4).reshape(M * b, p, H + 2 * K, -1)  # [M*b, p, R, d]
             q_in, k_in, v_in = per_head[:, :, :H], per_head[:, :, H: H + K], per_head[:, :, H + K:]
             blk.attn(query_input=blk.ln1(q_in), key_input=blk.ln1(k_in), value_input=blk.ln1(v_in))
-        z = zs.pop("z")  # [M*b, p, H, d_head]
+        z = run.z.pop()  # [M*b, p, H, d_head]
         heads = torch.einsum("bphe,hed->hbpd", z, self.W_O[L]) + self.b_O[L]  # [H, M*b, p, d]
         if self.post_norm:  # the norm after attention, with this run's scale
             total = heads.sum(0)
