@@ -322,24 +322,32 @@ def _comparison(model: str, data: dict, out: Path | None, where: str) -> None:
     console.print(f"written: {folder}")
 
 
-_SPLIT_HELP = {"train": "Train prompts (discovery).", "val": "Validation prompts (choosing the size; greedy).",
-               "test": "Test prompts (every reported number)."}
+# the options circuit and circuit-methods share
+_OUT = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole.")
+_TASK = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than | induction")
+_MODEL = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name")
+_TRAIN = typer.Option(_COMPARE.n_train, "--train", help="Train prompts (discovery).")
+_VAL = typer.Option(_COMPARE.n_val, "--val", help="Validation prompts (choosing the size; greedy).")
+_TEST = typer.Option(_COMPARE.n_test, "--test", help="Test prompts (every reported number).")
+_PRUNING_STEPS = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target.")
+_RANDOM = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor).")
+_SEED = typer.Option(_COMPARE.seed, "--seed")
 
 
 @command(name="circuit")
 def circuit_cmd(
-    out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole."),
-    task: str = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than | induction"),
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    out: Path = _OUT,
+    task: str = _TASK,
+    model: str = _MODEL,
     method: str = typer.Option("eap-ig", "--method", help=" | ".join(m for m in METHODS if m != "random")),
     ablation: str = typer.Option(_COMPARE.curve_ablations[0], "--ablation", help=" | ".join(ABLATIONS)),
     granularity: str = typer.Option("nodes", "--granularity", help="nodes (heads and MLPs) | edges"),
-    n_train: int = typer.Option(_COMPARE.n_train, "--train", help=_SPLIT_HELP["train"]),
-    n_val: int = typer.Option(_COMPARE.n_val, "--val", help=_SPLIT_HELP["val"]),
-    n_test: int = typer.Option(_COMPARE.n_test, "--test", help=_SPLIT_HELP["test"]),
-    pruning_steps: int = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target."),
-    random_draws: int = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor)."),
-    seed: int = typer.Option(_COMPARE.seed, "--seed"),
+    n_train: int = _TRAIN,
+    n_val: int = _VAL,
+    n_test: int = _TEST,
+    pruning_steps: int = _PRUNING_STEPS,
+    random_draws: int = _RANDOM,
+    seed: int = _SEED,
 ) -> None:
     """Find a task's circuit with one method on train prompts, choose its size on validation prompts, and score it on
     test prompts: its f(k) curve under --ablation beside random circuits, and the chosen circuit under every ablation."""
@@ -352,17 +360,17 @@ def circuit_cmd(
 
 @command(name="circuit-methods")
 def circuit_methods_cmd(
-    out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole."),
-    task: str = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than | induction"),
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    out: Path = _OUT,
+    task: str = _TASK,
+    model: str = _MODEL,
     method: list[str] = typer.Option(list(_COMPARE.methods), "--method", help=" | ".join(METHODS) + " (repeat for several)"),
     granularity: list[str] = typer.Option(list(_COMPARE.granularities), "--granularity", help="nodes | edges"),
-    n_train: int = typer.Option(_COMPARE.n_train, "--train", help=_SPLIT_HELP["train"]),
-    n_val: int = typer.Option(_COMPARE.n_val, "--val", help=_SPLIT_HELP["val"]),
-    n_test: int = typer.Option(_COMPARE.n_test, "--test", help=_SPLIT_HELP["test"]),
-    pruning_steps: int = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target."),
-    random_draws: int = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor)."),
-    seed: int = typer.Option(_COMPARE.seed, "--seed"),
+    n_train: int = _TRAIN,
+    n_val: int = _VAL,
+    n_test: int = _TEST,
+    pruning_steps: int = _PRUNING_STEPS,
+    random_draws: int = _RANDOM,
+    seed: int = _SEED,
 ) -> None:
     """Compare circuit-discovery methods on held-out prompts: MIB curves (CPR, CMD, k*) under counterfactual and mean
     ablation, each method's circuit under every ablation and metric, and the reported head and edge circuits."""
