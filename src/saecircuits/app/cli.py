@@ -332,6 +332,7 @@ _TEST = typer.Option(_COMPARE.n_test, "--test", help="Test prompts (every report
 _PRUNING_STEPS = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target.")
 _RANDOM = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor).")
 _SEED = typer.Option(_COMPARE.seed, "--seed")
+_GREEDY_POOL = typer.Option(_COMPARE.greedy_pool, "--greedy-pool", help="Nodes greedy may add: the base ranking's top.")
 
 
 @command(name="circuit")
@@ -347,6 +348,7 @@ def circuit_cmd(
     n_test: int = _TEST,
     pruning_steps: int = _PRUNING_STEPS,
     random_draws: int = _RANDOM,
+    greedy_pool: int = _GREEDY_POOL,
     seed: int = _SEED,
 ) -> None:
     """Find a task's circuit with one method on train prompts, choose its size on validation prompts, and score it on
@@ -355,7 +357,7 @@ def circuit_cmd(
     _comparison(model, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
                         "methods": (*methods, "random"), "granularities": (granularity,),
                         "curve_ablations": (ablation,), "random_draws": random_draws, "seed": seed,
-                        "pruning": {"steps": pruning_steps}}, out, "circuit")
+                        "greedy_pool": greedy_pool, "pruning": {"steps": pruning_steps}}, out, "circuit")
 
 
 @command(name="circuit-methods")
@@ -370,14 +372,15 @@ def circuit_methods_cmd(
     n_test: int = _TEST,
     pruning_steps: int = _PRUNING_STEPS,
     random_draws: int = _RANDOM,
+    greedy_pool: int = _GREEDY_POOL,
     seed: int = _SEED,
 ) -> None:
     """Compare circuit-discovery methods on held-out prompts: MIB curves (CPR, CMD, k*) under counterfactual and mean
     ablation, each method's circuit under every ablation and metric, and the reported head and edge circuits."""
     _comparison(model, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
                         "methods": tuple(method), "granularities": tuple(granularity),
-                        "random_draws": random_draws, "seed": seed, "pruning": {"steps": pruning_steps}},
-                out, "circuit-methods")
+                        "random_draws": random_draws, "seed": seed, "greedy_pool": greedy_pool,
+                        "pruning": {"steps": pruning_steps}}, out, "circuit-methods")
 
 
 @command
