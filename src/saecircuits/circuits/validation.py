@@ -12,17 +12,12 @@ import torch
 
 from saecircuits.circuits.faithfulness import bootstrap, normalised
 from saecircuits.circuits.patching import HeadPatcher
+from saecircuits.circuits.sweep import random_masks
 
 
-def random_circuits(n_layers: int, n_heads: int, size: int, count: int, seed: int = 0,
-                    exclude: torch.Tensor | None = None) -> torch.Tensor:
+def random_circuits(n_layers: int, n_heads: int, size: int, count: int, seed: int = 0) -> torch.Tensor:
     """``count`` random head masks with ``size`` heads each: [count, n_layers, n_heads] bool (True = in)."""
-    total = n_layers * n_heads
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(count, total, dtype=torch.bool)
-    for i in range(count):
-        masks[i, torch.randperm(total, generator=g)[:size]] = True
-    return masks.view(count, n_layers, n_heads)
+    return random_masks(n_layers * n_heads, size, count, seed).view(count, n_layers, n_heads)
 
 
 def validate_circuit(patcher: HeadPatcher, circuit: torch.Tensor, values: torch.Tensor, n_random: int = 20,
