@@ -46,12 +46,21 @@ def derangement(n: int, seed: int) -> torch.Tensor:
     return perm
 
 
+def kl_to_full(full_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(full model || circuit) of next-token distributions, summed over the metric's positions.
+
+    ``full_logprobs`` [n, len(positions), vocab]; ``logits`` [..., n, len(positions), vocab] (broadcast). [..., n]."""
+    return (full_logprobs.exp() * (full_logprobs - logits.log_softmax(-1))).sum(-1).sum(-1)
+
+
 def metrics(task: Task, logits: torch.Tensor, full_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every metric of logits [n, len(positions), vocab] against the full model's log-probs (same shape): [n] each."""
-    logp = logits.log_softmax(-1)
-    kl = (full_logprobs.exp() * (full_logprobs - logp)).sum(-1).sum(-1)
-    return {"task": task.metric(logits), "kl": -kl, "prob": task.answer_prob(logits),
-            "accuracy": task.correct(logits).float()}
+    """Every metric of M circuits' logits [M, n, len(positions), vocab] against the full model's log-probs
+    [n, len(positions), vocab]: [M, n] each."""
+    M, n = logits.shape[:2]
+    flat = logits.flatten(0, 1)
+    many = task.subset(torch.arange(n).repeat(M)) if M > 1 else task
+    return {"task": many.metric(flat).view(M, n), "kl": -kl_to_full(full_logprobs, logits),
+            "prob": many.answer_prob(flat).view(M, n), "accuracy": many.correct(flat).float().view(M, n)}
 
 
 @dataclass
@@ -77,7 +86,7 @@ class Evaluator:
         with torch.no_grad():
             logits = self._logits(self.test.clean)
         self.full_logprobs = logits.log_softmax(-1)
-        self._full = metrics(self.test, logits, self.full_logprobs)
+        self._full = {k: v[0] for k, v in metrics(self.test, logits[None], self.full_logprobs).items()}
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.forward.run(tokens[i: i + self.batch_size], self.positions)[0]
@@ -166,10 +175,9 @@ class Evaluator:
                 logits = self.forward.run(sub.clean, self.positions, a, edges=m if edges is not None else None,
                                           nodes=m if nodes is not None else None,
                                           start=None if start is None else (start[0], start[1][sl]))
-                many = sub.subset(torch.arange(len(sub)).repeat(len(m)))
-                vals = metrics(many, logits.flatten(0, 1), self.full_logprobs[sl].repeat(len(m), 1, 1))
+                vals = metrics(sub, logits, self.full_logprobs[sl])
                 for k in METRICS:
-                    chunk[k].append(vals[k].view(len(m), -1))
+                    chunk[k].append(vals[k])
             for k in METRICS:
                 rows[k].append(torch.cat(chunk[k], 0))
         out = {k: torch.cat(rows[k], 1) for k in METRICS}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saecircuits.circuits.config import PruningConfig
+from saecircuits.circuits.evaluation import kl_to_full
 from saecircuits.circuits.masked_forward import MaskedForward
 from saecircuits.circuits.task import Task
 from saecircuits.core import distributed
@@ -89,8 +90,7 @@ def edge_pruning(forward: MaskedForward, task: Task, config: PruningConfig, gran
                 else:
                     logits = forward.run(sub.clean, pos, ablated[:, idx], nodes=z[None])[0]
                 if config.objective == "kl":
-                    logp = logits.log_softmax(-1)
-                    per_prompt = (full[idx].exp() * (full[idx] - logp)).sum(-1).sum(-1)
+                    per_prompt = kl_to_full(full[idx], logits)
                 else:
                     per_prompt = -sub.metric(logits)
                 fit = per_prompt.sum() * world / len(batch)  # averaged over processes below: the batch mean
