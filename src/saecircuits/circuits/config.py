@@ -95,18 +95,11 @@ class ComparisonConfig(Config):
     n_boot: int = Field(1000, ge=10)
     seed: int = 0
 
-    @field_validator("methods")
+    @field_validator("methods", "curve_ablations")
     @classmethod
-    def _known_methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [m for m in v if m not in METHODS]
+    def _known_names(cls, v: tuple[str, ...], info) -> tuple[str, ...]:
+        what, allowed = {"methods": ("method", METHODS), "curve_ablations": ("ablation", ABLATIONS)}[info.field_name]
+        unknown = [x for x in v if x not in allowed]
         if unknown or not v:
-            raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
-        return v
-
-    @field_validator("curve_ablations")
-    @classmethod
-    def _known_ablations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [a for a in v if a not in ABLATIONS]
-        if unknown or not v:
-            raise ValueError(f"unknown ablation(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ABLATIONS)}")
+            raise ValueError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")
         return v
