@@ -181,6 +181,61 @@ def test_save_then_saelens_loads_same_outputs(tmp_path, arch, kw, d_out, skip):
     torch.testing.assert_close(mine, ours, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch,kw,transcoder,skip", [
+    ("standard", {}, False, False), ("topk", {"k": 6}, False, False), ("batchtopk", {"k": 6}, False, False),
+    ("jumprelu", {}, False, False), ("matryoshka_batchtopk", {"k": 6, "matryoshka_widths": [10, D_SAE]}, False, False),
+    ("standard", {}, True, False), ("standard", {}, True, True), ("jumprelu", {}, True, False)])
+def test_saelens_consumers_use_our_saes(tmp_path, arch, kw, transcoder, skip):
+    """Through SAELens's own consumers: load_from_disk reads every metadata field back, and HookedSAETransformer
+    splices the SAE (or transcoder) in exactly where and how a hand-written hook does."""
+    from sae_lens import SAE, HookedSAETransformer
+    from transformer_lens import HookedTransformerConfig
+
+    torch.manual_seed(0)
+    model = HookedSAETransformer(HookedTransformerConfig(n_layers=1, d_model=D_IN, n_heads=2, d_head=6, d_mlp=24,
+                                                         n_ctx=16, d_vocab=40, act_fn="gelu"))
+    hook, hook_out = ("blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out") if transcoder else \
+        ("blocks.0.hook_resid_post", None)
+    sae = build(SAEConfig(architecture=arch, hook=hook, hook_out=hook_out, skip=skip, d_sae=D_SAE, **kw), D_IN,
+                D_IN if transcoder else None)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        if hasattr(sae, "threshold"):
+            sae.threshold.fill_(0.1)
+    sae_format.save(sae, tmp_path / "sae", model_name="tiny-model", context_size=16, dataset="stdlib",
+                    exclude_special_tokens=[0], training_tokens=1000)
+    loaded = SAE.load_from_disk(str(tmp_path / "sae"))
+    md = loaded.cfg.metadata
+    assert (md.model_name, md.hook_name, md.hook_head_index, md.context_size, md.prepend_bos, md.dataset_path,
+            md.exclude_special_tokens) == ("tiny-model", hook, None, 16, True, "stdlib", [0])
+    assert md.hook_name_out == hook_out and md.sae_lens_version and md.trained_with.startswith("saecircuits")
+    tokens = torch.randint(0, 40, (2, 8))
+    captured = {}
+
+    def keep(x, hook):
+        captured["x"] = x
+
+    def splice(x, hook):
+        x_in = captured["x"] if transcoder else x
+        out = sae(x_in)
+        if skip:  # SAELens 6.54's HookedSAETransformer splices decode(encode(x)): its own skip transcoders lose W_skip too
+            out = out - x_in @ sae.W_skip.T
+        return out.to(x.dtype)
+
+    with torch.no_grad():
+        hooks = ([(hook, keep)] if transcoder else []) + [(hook_out or hook, splice)]
+        want = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        got = model.run_with_saes(tokens, saes=[loaded])
+        model.add_sae(loaded)
+        attached = model(tokens)
+        model.reset_saes()
+        plain = model(tokens)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(attached, want, atol=1e-5, rtol=1e-4)
+    assert (plain - want).abs().max() > 1e-3  # the SAE changed the run
+
+
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu", "transcoder", "skip_transcoder", "jumprelu_transcoder"])
 def test_saelens_saes_load_here(tmp_path, arch):
     from sae_lens import SAE

@@ -78,6 +78,8 @@ def save(
         "reshape_activations": "hook_z" if site.hook.endswith("attn.hook_z") and site.head is None else "none",
         **sae.saelens_cfg_fields(),
         "metadata": {
+            "sae_lens_version": _saelens_format_version(),  # without it SAELens reads a pre-6.0 config: no metadata
+            "sae_lens_training_version": None,  # not trained by SAELens
             "model_name": model_name,
             "hook_name": site.hook,
             "hook_head_index": site.head,
@@ -85,7 +87,6 @@ def save(
             "prepend_bos": prepend_bos,
             "dataset_path": dataset,
             "exclude_special_tokens": exclude_special_tokens,
-            "sae_lens_training_version": None,
             "training_architecture": sae.architecture,
             "trained_with": f"saecircuits {importlib.metadata.version('saecircuits')}",
             "training_tokens": training_tokens,
@@ -103,6 +104,14 @@ def save(
         save_tensors(tmp / WEIGHTS, tensors)
         write_json(tmp / CFG, cfg)
     return folder
+
+
+def _saelens_format_version() -> str:
+    """The SAELens version whose format ``save`` writes: the installed one, else the first of the 6.x format."""
+    try:
+        return importlib.metadata.version("sae-lens")
+    except importlib.metadata.PackageNotFoundError:
+        return "6.0.0"
 
 
 def load(folder: str | Path, device: str = "cpu") -> SparseAutoencoder:
