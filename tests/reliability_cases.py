@@ -281,6 +281,25 @@ def bad_inputs(fx: Fixtures, work: Path) -> list[Case]:
     other = _narrow_sae(work / "other-sae", d_in=32, seed=3)
     dash_case("dashboards_of_another_sae", "dashboards of another SAE into a folder with a checkpoint",
               r"holds statistics of another run", other)
+
+    # ---- circuits: refused before the model is loaded, nothing written
+    def circuit_case(name: str, what: str, expect: str, extra: list[str], command: str = "circuit") -> None:
+        out = work / f"{name}-circuit"
+        cases.append(Case(name, what, [command, "--model", str(fx.model), "--task", "induction", "--out", str(out),
+                                       *extra], expect, must_not_exist=out))
+
+    circuit_case("circuit_random_only", "random, the floor, as the only method", r"random is the floor",
+                 ["--method", "random"], command="circuit-methods")
+    circuit_case("circuit_task_without_splits", "a task with no held-out splits",
+                 r"task 'list_recall' has no held-out train / val / test splits", ["--task", "list_recall"])
+    circuit_case("circuit_one_test_prompt", "one test prompt (no bootstrap)", r"field 'n_test'.*greater than or equal to 2",
+                 ["--test", "1"])
+    circuit_case("circuit_nan_learning_rate", "a NaN pruning learning rate", r"field 'pruning.lr'.*greater than 0",
+                 ["--pruning-lr", "nan"])
+    circuit_case("circuit_unknown_granularity", "an unknown granularity", r"granularities", ["--granularity", "layers"])
+    cases.append(Case("circuit_out_is_file", "a circuit's output folder is a file",
+                      ["circuit", "--model", str(fx.model), "--task", "induction", "--out", str(work / "a-file")],
+                      r"output path .*a-file is a file, not a folder"))
     return cases
 
 

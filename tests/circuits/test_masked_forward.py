@@ -102,6 +102,21 @@ def test_masks_refuse_mixed_or_missing_inputs(shaped):
         f.run(clean, (-1,), edges=g.valid[None])
 
 
+def test_head_granularity_keeps_every_mlp(byte_tokenizer):
+    g = ComputationGraph.of(make_tiny_model(tokenizer=byte_tokenizer))  # 3 layers of 4 heads and an MLP
+    assert (g.n_units("heads"), g.n_units("nodes"), g.n_units("edges")) == (12, 15, g.n_edges)
+    assert g.unit_names("heads") == [n for n in g.nodes if not n.startswith("mlp")] and len(g.unit_names("nodes")) == 15
+    heads = torch.zeros(2, 12, dtype=torch.bool)
+    heads[0, 5] = True
+    nodes = g.node_masks("heads", heads)
+    assert nodes.shape == (2, 15) and nodes[:, ~g.head_nodes()].all()  # every MLP kept
+    assert nodes[:, g.head_nodes()].equal(heads)
+    z = torch.rand(12, requires_grad=True)  # edge pruning's masks: gradients reach the head entries only
+    g.node_masks("heads", z).sum().backward()
+    assert torch.equal(z.grad, torch.ones(12))
+    assert g.node_masks("nodes", nodes) is nodes
+
+
 def test_derangement_moves_every_prompt():
     for n in (2, 3, 7, 64):
         for seed in range(5):
@@ -191,6 +206,18 @@ def test_every_method_finds_the_planted_circuit(planted):
     mask = found[len(want)]
     v = test.run("counterfactual", nodes=mask[None])["task"]
     assert float(faithfulness(v, test.empty("counterfactual")["task"], test.full["task"])[0]) > 0.8
+
+
+def test_greedy_keeps_fixed_nodes_and_does_not_count_them(planted):
+    _, _, task, f, test, prev, inductors = planted
+    want = {prev - 1, *(i - 1 for i in inductors)}
+    other = next(n for n in range(f.graph.n_nodes) if n not in want)
+    fixed = torch.zeros(f.graph.n_nodes, dtype=torch.bool)
+    fixed[other] = True
+    found = greedy_circuits(test, node_patching(f, task, batch_size=24), max_size=len(want), pool=6, fixed=fixed)
+    assert min(found) == 0 and max(found) <= len(want)
+    for size, mask in found.items():
+        assert bool(mask[other]) and int(mask.sum()) == size + 1  # the fixed node: in every circuit, never counted
 
 
 def test_pruning_without_a_penalty_keeps_every_edge_and_the_full_model(planted):

@@ -26,18 +26,21 @@ MAL_TOKEN = '<script>alert("x")</script>'
 MAL_PROMPT = '"><img src=x onerror=alert(1)> & the $x_1$ {50%} #1 ~a^b \\end'
 LATEX_NASTY = "a_b & 50% $x$ #1 {y} ~z ^w \\cmd"
 HEADS = ["1.2", "2.1", "3.0"]
+SCORES = {"1.2": 0.5, "2.1": -0.3, "3.0": 0.8}
 
 
-def _table(values: dict[str, float]) -> list[list[float]]:
-    t = [[0.001 * (layer - head) for head in range(H)] for layer in range(L)]
-    for h, v in values.items():
-        layer, head = (int(x) for x in h.split("."))
-        t[layer][head] = v
-    return t
+def _cells(f: float, random_mean: float) -> dict:
+    return {m: {"f": f, "faithful": abs(1 - f) <= 0.1, "random_mean": random_mean, "random_max": random_mean + 0.1}
+            for m in ("task", "kl", "prob", "accuracy")}
 
 
-PATCH = _table({"1.2": 0.5, "2.1": -0.3, "3.0": 0.8})
-ABLATE = _table({"1.2": 0.4, "2.1": -0.2, "3.0": 0.7})
+TEST_CELLS = {"counterfactual": _cells(0.62, 0.03), "mean-clean": _cells(0.97, 0.4), "zero": _cells(0.2, 0.01),
+              "resample": {"unavailable": "no <other> prompt"}}
+METHODS = [{"name": name, "granularity": "nodes", "ablation": "counterfactual", "cpr": cpr, "cpr_ci": [cpr - 0.1, cpr + 0.1],
+            "cmd": cmd, "cmd_ci": [cmd - 0.05, cmd + 0.05], "k_star": k_star, "seconds": 2.0,
+            "curve": [{"k": k, "f": min(1.0, k / 10), "ci": [min(1.0, k / 10) - 0.1, min(1.0, k / 10) + 0.1]}
+                      for k in (1, 10, 100)]}
+           for name, cpr, cmd, k_star in (("eap-ig", 0.8, 0.25, 10), ("random", 0.3, 0.7, None))]
 
 
 def synthetic_results() -> dict:
@@ -80,40 +83,29 @@ def synthetic_results() -> dict:
     comp = [{"sender": "1.2", "receiver": "3.0", "type": "V", "score": 0.3, "z": 10.0},
             {"sender": "2.1", "receiver": "3.0", "type": "K", "score": 0.2, "z": 6.0},
             {"sender": "1.2", "receiver": "2.1", "type": "Q", "score": 0.1, "z": 5.0}]
-    data_edges = [{"sender": "1.2", "receiver": "3.0", "input": "v", "score": 0.5},
-                  {"sender": "3.0", "receiver": "logits", "input": None, "score": -1.0}]
-    rows = [{"head": h, "layer": int(h[0]), "index": int(h[2]), "patching_effect": PATCH[int(h[0])][int(h[2])],
-             "ablation_effect": ABLATE[int(h[0])][int(h[2])], "sae_code_score": 0.25, "role": "V from 1.2"} for h in HEADS]
-    ci = {"value": 0.62, "ci": [0.5, 0.74]}
-    validation = {"size": 3, "n_heads_total": L * H, "n_prompts": 8,
-                  "metric": {"full": {"mean": 3.0, "ci": [2.5, 3.5]}, "all_ablated": {"mean": 0.1, "ci": [-0.2, 0.4]},
-                             "circuit": {"mean": 1.9, "ci": [1.5, 2.3]}, "knockout": {"mean": -0.5, "ci": [-1.0, 0.0]}},
-                  "faithfulness": ci, "knockout": {"value": -0.17, "ci": [-0.33, 0.0]},
-                  "random": {"n_circuits": 10, "faithfulness_mean": 0.03, "ci": [0.01, 0.05],
-                             "faithfulness_per_circuit": [0.03] * 10, "share_at_least_circuit": 0.0}}
-    circuit = {"model": "tiny", "task": "ioi", "metric": "logit_diff IO-S", "config": {"prompts": 8, "seed": 0},
-               "evaluation": {"metric": "logit_diff IO-S", "clean_metric": 3.0, "corrupted_metric": -1.0, "clean_accuracy": 1.0,
-                              "chance": 0.5, "n_prompts": 8, "can_do": True},
-               "examples": [MAL_PROMPT], "corrupted_examples": ["x"], "n_layers": L, "n_heads": H, "clean_metric": 3.0,
-               "corrupted_metric": -1.0, "ablation": "mean", "patching_effect": PATCH, "ablation_effect": ABLATE,
-               "sae_code_scores": [[0.25] * H for _ in range(L)], "heads": HEADS, "size": 3, "rule": "|effect| >= 0.05",
-               "selected_by": "patching", "head_rows": rows, "validation": validation,
-               "faithfulness_by_size": [{"size": s, "faithfulness": 0.2 * s, "knockout": -0.1 * s} for s in (1, 2, 3, 6)],
-               "edges": {"method": "eap", "n_edges": 100, "top": [["3.0", "logits", -1.0]], "circuit": data_edges,
-                         "confirmed": [{"sender": "3.0", "receiver": "logits", "eap": -1.0, "exact": -1.1}],
-                         "eap_vs_exact": {"pearson": 0.98, "spearman": 0.95, "same_sign": 1.0}},
-               "composition": {"rule": "top 2 per receiver", "edges": comp},
-               "sae_codes": {"config": {}, "vs_patching": {"spearman": 0.3, "spearman_p": 0.01, "top": 3, "top_overlap": 1},
-                             "vs_ablation": None},
-               "patching_vs_ablation": {"spearman": 0.6, "top": 3, "top_overlap": 3}, "seconds": {"total": 1.0}}
+    data_edges = [{"sender": "1.2", "receiver": "3.0", "input": "v"},
+                  {"sender": "3.0", "receiver": "logits", "input": None}]
+    rows = [{"head": h, "layer": int(h[0]), "index": int(h[2]), "score": SCORES[h], "edges_in": int(h == "3.0"),
+             "edges_out": int(h in ("1.2", "3.0")), "role": "V from 1.2"} for h in HEADS]
+    node_scores = {"method": "eap-ig", "heads": [[SCORES.get(f"{a}.{b}", 0.0) for b in range(H)] for a in range(L)],
+                   "mlps": [0.1 * a for a in range(L)]}
+    circuit = {"model": "tiny", "task": "ioi", "config": {"seed": 0, "model": "tiny"}, "n_layers": L, "n_heads": H,
+               "n_nodes": L * H + L, "n_edges": 300, "splits": {"train": 4, "val": 4, "test": 8},
+               "held_out_templates": ["Then, {A} and {B} went"], "examples": [MAL_PROMPT], "corrupted_examples": ["x"],
+               "example_tokens": [0, 1, 2], "heads": HEADS, "mlps": ["mlp0"], "size": 4, "selected_by": "eap-ig",
+               "val_f": 0.95, "test": TEST_CELLS, "verdict_flips": True, "head_rows": rows,
+               "edge_circuit": {"method": "eap-ig", "count": 30, "val_f": 0.9, "test": TEST_CELLS, "verdict_flips": True},
+               "edges": {"circuit": data_edges}, "composition": {"rule": "top 2 per receiver", "edges": comp},
+               "methods": METHODS, "seconds": 1.0, "node_scores": node_scores,
+               "robustness": [{"name": "eap-ig", "granularity": "nodes", "count": 4, "val_f": 0.95, "cells": TEST_CELLS,
+                               "verdict_flips": True}]}
     tokens = ["<bos>", "When", MAL_TOKEN, " gave", "$x$"]
     n = len(tokens)
     pattern = [[1.0 / (q + 1) if k <= q else 0.0 for k in range(n)] for q in range(n)]
     attention = {"tokens": tokens, "heads": [{"head": h, "pattern": pattern} for h in ("3.0", "1.2")],
                  "prompt": MAL_PROMPT, "selection": "top heads"}
-    pages = {h: {"head": h, "layer": int(h[0]), "index": int(h[2]), "in_circuit": h in HEADS,
-                 "patching_effect": PATCH[int(h[0])][int(h[2])], "ablation_effect": ABLATE[int(h[0])][int(h[2])],
-                 "sae_code_score": 0.25, "composition_in": [c for c in comp if c["receiver"] == h],
+    pages = {h: {"head": h, "layer": int(h[0]), "index": int(h[2]), "in_circuit": h in HEADS, "score": SCORES[h],
+                 "composition_in": [c for c in comp if c["receiver"] == h],
                  "composition_out": [c for c in comp if c["sender"] == h],
                  "circuit_edges": [e for e in data_edges if h in (e["sender"], e["receiver"])], "href": f"heads/{h}.html"}
              for h in HEADS}
@@ -143,7 +135,7 @@ def synthetic_results() -> dict:
             "head_pages": pages, "layers": layers}
 
 
-TABLE_NAMES = {"circuit_heads", "ablation", "sae_metrics", "dashboard_features", "matching_pairs", "matched_features",
+TABLE_NAMES = {"circuit_heads", "circuit_faithfulness", "circuit_methods", "circuit_robustness", "sae_metrics", "dashboard_features", "matching_pairs", "matched_features",
                "composition_edges", "layer_numbers"}
 
 
@@ -180,14 +172,19 @@ def test_every_section_figure_and_table(written):
 def test_numbers_in_the_report_come_from_the_results(written):
     out, _ = written
     page = (out / "index.html").read_text()
-    assert "0.620 [0.500, 0.740]" in page  # faithfulness and its CI
-    assert "-0.170 [-0.330, 0.000]" in page  # knockout
+    assert "0.620" in page and "[0.700, 0.900]" in page  # test f; a method's CPR interval
     heads_tex = (out / "tables" / "circuit_heads.tex").read_text()
     body = heads_tex.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
-    assert [r.split(" & ")[0] for r in body] == ["3.0", "1.2", "2.1"]  # by |patching effect|
-    assert body[0].split(" & ")[1:3] == ["0.800", "0.700"] and body[2].split(" & ")[1] == "$-$0.300"
+    assert [r.split(" & ")[0] for r in body] == ["1.2", "2.1", "3.0"]  # by layer
+    assert body[2].split(" & ")[1:4] == ["0.800", "1", "1"] and body[1].split(" & ")[1:4] == ["$-$0.300", "0", "0"]
+    faith = (out / "tables" / "circuit_faithfulness.md").read_text()
+    assert "| counterfactual | task metric | 0.620 | 0.030 | 0.130 | not faithful |" in faith
+    assert "| mean-clean | task metric | 0.970 | 0.400 | 0.500 | faithful |" in faith
+    assert "depends on the ablation" in page
+    robust = (out / "tables" / "circuit_robustness.md").read_text()
+    assert "| eap-ig | nodes | 4 | 0.620 | 0.970 | n/a | 0.200 | n/a | yes |" in robust
     head_page = (out / "heads" / "3.0.html").read_text()
-    assert "<b>0.800</b>" in head_page and "<b>0.700</b>" in head_page and 'class="att"' in head_page
+    assert "In the circuit of 4 nodes" in head_page and "<b>0.800</b>" in head_page and 'class="att"' in head_page
 
 
 def test_regenerating_from_results_json_gives_identical_tables_and_figures(written, tmp_path):
@@ -348,18 +345,20 @@ def make_run(run: Path) -> Path:
         scores[f"{k}_z"][_index(s), _index(r)] = z
         scores[k][_index(s), _index(r)] = z / 100
     save_tensors(hd / "scores.safetensors", scores)
-    write_json(run / "circuit" / "results.json", {
-        "model": "tiny-model", "task": "ioi", "config": {"prompts": 8, "seed": 4, "sae_codes": {"seed": 6}},
-        "evaluation": {"metric": "logit_diff", "clean_metric": 3.0}, "task_info": {"examples": ["a b"], "corrupted_examples": ["c d"]},
-        "n_layers": L, "n_heads": H, "clean_metric": 3.0, "corrupted_metric": -1.0,
-        "heads": {"patching_effect": PATCH, "ablation_effect": ABLATE, "ablation": "mean"},
-        "circuit": {"heads": HEADS, "size": 3, "selected_by": "patching", "rule": "|effect| >= 0.05"},
-        "validation": {"faithfulness": {"value": 0.6, "ci": [0.5, 0.7]}}, "faithfulness_by_size": [],
-        "edges": {"method": "eap", "n_edges": 50, "top": [],
-                  "circuit_edges": [["1.2", "3.0:v", 0.5], ["3.0", "logits", -1.0], ["mlp0", "3.0:q", 0.3], ["0.0", "1.2:k", 0.1]],
-                  "confirmed": [], "eap_vs_exact": None},
-        "sae_codes": {"scores": [[0.5] * H for _ in range(L)], "config": {}, "vs_patching": {}},
-        "seconds": {"total": 1.0}})
+    c = run / "circuit"
+    write_json(c / "circuit.json", {
+        "task": "ioi", "model": "tiny-model", "splits": {"train": 4, "val": 4, "test": 8}, "held_out_templates": ["t"],
+        "head_circuit": {"method": "eap-ig", "count": 4, "val_f": 0.95, "test": TEST_CELLS, "verdict_flips": True,
+                         "members": ["mlp0", *HEADS]},
+        "heads": HEADS, "mlps": ["mlp0"],
+        "edge_circuit": {"method": "eap-ig", "count": 5, "val_f": 0.9, "test": TEST_CELLS, "verdict_flips": True,
+                         "members": ["1.2->3.0:v", "3.0->logits", "mlp0->3.0:q", "0.0->1.2:k", "input->1.2:q"]},
+        "examples": ["a b"], "corrupted_examples": ["c d"], "example_tokens": [0, 1]})
+    write_json(c / "methods.json", {"methods": METHODS, "node_scores": {"eap": {"1.2": 0.5, "3.0": -0.2, "mlp1": 0.3}},
+                                    "config": {"seed": 4, "pruning": {"seed": 6}, "model": "tiny-model"},
+                                    "graph": {"n_nodes": 16, "n_edges": 300, "n_heads": L * H, "n_layers": L,
+                                              "heads_per_layer": H}})
+    write_json(c / "robustness.json", {"robustness": []})
     write_json(run / "layers" / "contributions.json", {"analysis": "sublayer_contributions", "model": "tiny-model",
                                                       "layers": [0, 1], "by_layer": {"block_rel_norm": [0.5, 0.4],
                                                                                      "block_cos": [0.1, 0.2]},
@@ -387,7 +386,7 @@ def test_collect_reads_a_run_folder(tmp_path):
     meta = r["meta"]
     assert meta["model"] == "tiny-model" and meta["config"]["out"] == ".." and meta["stages"]["train"]["seconds"] == 2.5
     assert meta["seeds"] == {"train.store": 7, "train.saes[0]": 3, "matching": 5, "heads": 9, "circuit": 4,
-                             "circuit.sae_codes": 6}
+                             "circuit.pruning": 6}
     assert meta["versions"]["torch"] == torch.__version__
     t = r["training"]
     assert [(s["name"], s["label"], s["explained_variance"], s["folder_href"]) for s in t["saes"]] == [
@@ -411,12 +410,16 @@ def test_collect_reads_a_run_folder(tmp_path):
     assert (h["n_nodes"], h["n_edges"], h["edge_kinds"]) == (12, 2, {"Q": 1, "K": 0, "V": 1})
     assert h["top_edges"]["Q"][0]["channels"] == [{"channel": 1, "share": 0.6, "singular_value": 2.0}]
     c = r["circuit"]
-    assert [(x["head"], x["patching_effect"], x["ablation_effect"], x["sae_code_score"]) for x in c["head_rows"]] == [
-        ("1.2", 0.5, 0.4, 0.5), ("2.1", -0.3, -0.2, 0.5), ("3.0", 0.8, 0.7, 0.5)]
+    assert [(x["head"], x["score"], x["edges_in"], x["edges_out"]) for x in c["head_rows"]] == [
+        ("1.2", 0.5, 0, 1), ("2.1", None, 0, 0), ("3.0", -0.2, 2, 1)]
+    assert c["node_scores"]["method"] == "eap" and c["node_scores"]["mlps"] == [None, 0.3, None, None]
+    assert (c["size"], c["selected_by"], c["mlps"], c["n_layers"], c["n_heads"]) == (4, "eap-ig", ["mlp0"], L, H)
+    assert c["test"]["counterfactual"]["task"]["f"] == 0.62 and c["edge_circuit"]["count"] == 5
     comp = [(e["sender"], e["receiver"], e["type"], e["z"]) for e in c["composition"]["edges"]]
     assert comp == [("1.2", "2.1", "Q", 5.0), ("1.2", "3.0", "V", 10.0), ("2.1", "3.0", "K", 6.0)]
-    assert c["edges"]["circuit"] == [{"sender": "1.2", "receiver": "3.0", "input": "v", "score": 0.5},
-                                     {"sender": "3.0", "receiver": "logits", "input": None, "score": -1.0}]
+    assert c["edges"]["circuit"] == [{"sender": "1.2", "receiver": "3.0", "input": "v"},  # between circuit nodes only
+                                     {"sender": "3.0", "receiver": "logits", "input": None},
+                                     {"sender": "mlp0", "receiver": "3.0", "input": "q"}]
     roles = {x["head"]: x["role"] for x in c["head_rows"]}
     assert roles == {"1.2": "V into 3.0", "2.1": "Q from 1.2; K into 3.0", "3.0": "V from 1.2; direct to logits"}
     assert r["attention"] == {"missing": "attention patterns were not computed (--no-attention)"}
@@ -447,8 +450,11 @@ def test_attention_patterns_match_a_full_cache(tiny_model):
     for h, (layer, head) in zip(got["heads"], [(2, 1), (0, 3)]):
         ref = cache["pattern", layer][0, head]
         assert torch.allclose(torch.tensor(h["pattern"]), ref, atol=1e-5)
-    assert key_heads({"head_rows": [{"head": "1.0", "patching_effect": 0.1}, {"head": "2.0", "patching_effect": -0.5},
-                                    {"head": "3.0", "patching_effect": None}]}, 2) == ["2.0", "1.0"]
+    rows = [{"head": h, "layer": int(h[0]), "index": 0, "edges_in": i, "edges_out": o}
+            for h, i, o in (("1.0", 2, 0), ("2.0", 0, 1), ("3.0", 1, 0))]
+    assert key_heads({"head_rows": rows}, 2) == ["1.0", "3.0"]  # most edges, then the later layer
+    rows = [{**r, "edges_in": None, "edges_out": None, "score": s} for r, s in zip(rows, (0.1, -0.5, 0.2))]
+    assert key_heads({"head_rows": rows}, 2) == ["2.0", "3.0"]  # no edge circuit: the largest |score|
 
 
 def test_cli_report_and_regenerate(tmp_path):
@@ -491,11 +497,10 @@ def test_figures_and_tables_are_logged_to_wandb(written, tmp_path, monkeypatch):
     logged = list((folder / "files" / "media" / "table").rglob("*.table.json"))
     assert len(logged) == len(paths["tables"])
     heads = next(json.loads(f.read_text()) for f in logged if "circuit_heads" in str(f))
-    assert heads["columns"][:3] == ["head", "patching effect", "ablation effect"]
-    assert math.isclose(heads["data"][0][1], 0.8)
-    ablation = next(json.loads(f.read_text()) for f in logged if "ablation" in str(f))
-    assert ablation["columns"] == ["quantity", "value", "ci_low", "ci_high"] and ablation["data"][0][1:] == [0.62, 0.5, 0.74]
-
+    assert heads["columns"] == ["head", "score", "edges in", "edges out", "composition in circuit"]
+    assert heads["data"][2][:4] == ["3.0", 0.8, 1, 1]
+    faith = next(json.loads(f.read_text()) for f in logged if "circuit_faithfulness" in str(f))
+    assert faith["columns"][:3] == ["ablation", "metric", "f"] and faith["data"][0][:3] == ["counterfactual", "task", 0.62]
 
 
 def test_save_figure_keeps_dotted_names_and_same_bytes(tmp_path):
@@ -512,3 +517,35 @@ def test_save_figure_keeps_dotted_names_and_same_bytes(tmp_path):
     assert [p.name for p in first] == ["share_r_gt_0.7.png", "share_r_gt_0.7.pdf"]
     second = save_figure(draw(), tmp_path / "b" / "share_r_gt_0.7")
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+def test_a_report_folder_always_holds_one_whole_report(tmp_path, monkeypatch):
+    results = synthetic_results()
+    for key in ("training", "dashboards", "matching", "layers"):  # fewer figures: the folder is what is tested
+        results[key] = {"missing": "not here"}
+    out = tmp_path / "report"
+    write_report(results, out)
+    (out / "figures" / "from_an_earlier_report.png").write_bytes(b"old")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(tables, "write_tables", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            write_report({**results, "meta": {**results["meta"], "title": "new"}}, out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging folder left
+    paths = write_report(results, out)  # a finished rerun: nothing of the earlier report survives
+    assert not (out / "figures" / "from_an_earlier_report.png").exists()
+    assert paths["html"] == out / "index.html" and paths["html"].is_file()
+    assert all(p.parent == out / "figures" for files in paths["figures"].values() for p in files)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    from saecircuits.core.errors import SaecircuitsError
+
+    with pytest.raises(SaecircuitsError, match="not a report"):
+        write_report(results, mine)
+    assert (mine / "notes.txt").read_text() == "a user's file"

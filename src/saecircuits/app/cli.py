@@ -20,7 +20,7 @@ from saecircuits.app.command import app, command, console
 from saecircuits.app.demo import QUICK, DemoConfig
 from saecircuits.app.demo import run as run_demo
 from saecircuits.app.layers_commands import layers_app
-from saecircuits.circuits.config import ABLATIONS, METHODS, ComparisonConfig
+from saecircuits.circuits.config import ABLATIONS, METHODS, REPORTED, ComparisonConfig
 from saecircuits.core.config import read_yaml, validate
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.dashboards.config import DashboardConfig
@@ -61,7 +61,7 @@ def models(
 _TEXT = TextConfig()  # the cache command's text defaults
 
 
-@command
+@command(resumes=True)
 def cache(
     out: Path = typer.Option(..., "--out", help="Cache folder (created, or resumed if it holds a partial cache)."),
     hook: list[str] = typer.Option(..., "--hook", help="Hook site, e.g. blocks.6.hook_resid_post or blocks.3.attn.hook_z:* (repeatable)."),
@@ -95,7 +95,7 @@ def cache(
 _DASHBOARDS = {name: f.default for name, f in DashboardConfig.model_fields.items()}  # the dashboards command's defaults
 
 
-@command
+@command(resumes=True)
 def dashboards(
     sae: Path = typer.Option(..., "--sae", help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)."),
     out: Path = typer.Option(..., "--out", help="Output folder: index.html, features/<id>.html, stats, Neuronpedia JSON."),
@@ -123,7 +123,7 @@ def dashboards(
         console.print(f"W&B ran offline; upload later with: {s['wandb_sync']}")
 
 
-@command
+@command(resumes=True)
 def train(
     config: Path = typer.Argument(..., help="Training config (YAML): model, text, store, saes, total_tokens, ..."),
     out: str = typer.Option(None, "--out", help="Output folder (overrides the config's out)."),
@@ -154,7 +154,7 @@ def train(
 _DEMO = DemoConfig()  # the defaults the demo command's help names
 
 
-@command
+@command(resumes=True)
 def demo(
     out: str = typer.Option(None, "--out", help=f"Output folder (default {_DEMO.out}; reused on a rerun: finished stages are skipped)."),
     model: str = typer.Option(None, "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
@@ -287,10 +287,12 @@ def _comparison(model: str, data: dict, out: Path | None, where: str) -> None:
     from saecircuits.circuits.comparison import compare
     from saecircuits.circuits.comparison_files import write_comparison
     from saecircuits.core import distributed
+    from saecircuits.core.files import check_output_dir
     from saecircuits.model import loading as m
     from saecircuits.report.comparison import render
 
     cfg = validate(ComparisonConfig, data, where=where)
+    target = check_output_dir(out or Path("circuits/results") / f"{cfg.task}-{model}")  # before minutes of work
     distributed.init()  # under torchrun: edge pruning and the evaluations split their prompts across processes
     main = distributed.is_main()
     if distributed.active() and not main:
@@ -305,7 +307,7 @@ def _comparison(model: str, data: dict, out: Path | None, where: str) -> None:
         return
     result["config"] = {**cfg.model_dump(), "model": model, "seconds": time.perf_counter() - t0,
                         "processes": distributed.world()}
-    folder = write_comparison(result, out or Path("circuits/results") / f"{cfg.task}-{model}", markdown=render)
+    folder = write_comparison(result, target, markdown=render)
     t = Table(title=f"{cfg.task} on {model}: faithfulness on {cfg.n_test} test prompts")
     for col in ("method", "granularity", "ablation", "CPR", "CMD", "k* (%)", "seconds"):
         t.add_column(col)
@@ -313,7 +315,7 @@ def _comparison(model: str, data: dict, out: Path | None, where: str) -> None:
         t.add_row(r["name"], r["granularity"], r["ablation"], f"{r['cpr']:.3f}", f"{r['cmd']:.3f}",
                   str(r["k_star"]), f"{r['seconds']:.0f}")
     Console().print(t)
-    for key in ("head_circuit", "edge_circuit"):
+    for key in REPORTED.values():
         c = result["circuit"].get(key)
         if c:
             cells = ", ".join(f"{a} {row['task']['f']:.2f}" for a, row in c["test"].items() if "task" in row)
@@ -323,6 +325,7 @@ def _comparison(model: str, data: dict, out: Path | None, where: str) -> None:
 
 
 # the options circuit and circuit-methods share
+_GRANULARITIES = "nodes (heads and MLPs) | heads (every MLP kept) | edges"
 _OUT = typer.Option(None, "--out", help="Output folder (default circuits/results/TASK-MODEL), replaced whole.")
 _TASK = typer.Option(_COMPARE.task, "--task", help="ioi | greater_than | induction")
 _MODEL = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name")
@@ -330,6 +333,10 @@ _TRAIN = typer.Option(_COMPARE.n_train, "--train", help="Train prompts (discover
 _VAL = typer.Option(_COMPARE.n_val, "--val", help="Validation prompts (choosing the size; greedy).")
 _TEST = typer.Option(_COMPARE.n_test, "--test", help="Test prompts (every reported number).")
 _PRUNING_STEPS = typer.Option(_COMPARE.pruning.steps, "--pruning-steps", help="Edge-pruning steps per target.")
+_PRUNING_BATCH = typer.Option(_COMPARE.pruning.batch_size, "--pruning-batch", help="Edge-pruning prompts per step.")
+_PRUNING_LR = typer.Option(_COMPARE.pruning.lr, "--pruning-lr", help="Edge-pruning learning rate of the mask logits.")
+_PRUNING_OBJECTIVE = typer.Option(_COMPARE.pruning.objective, "--pruning-objective",
+                                  help="kl (to the full model) | task (maximise the task metric)")
 _RANDOM = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor).")
 _SEED = typer.Option(_COMPARE.seed, "--seed")
 _GREEDY_POOL = typer.Option(_COMPARE.greedy_pool, "--greedy-pool", help="Nodes greedy may add: the base ranking's top.")
@@ -342,11 +349,14 @@ def circuit_cmd(
     model: str = _MODEL,
     method: str = typer.Option("eap-ig", "--method", help=" | ".join(m for m in METHODS if m != "random")),
     ablation: str = typer.Option(_COMPARE.curve_ablations[0], "--ablation", help=" | ".join(ABLATIONS)),
-    granularity: str = typer.Option("nodes", "--granularity", help="nodes (heads and MLPs) | edges"),
+    granularity: str = typer.Option("nodes", "--granularity", help=_GRANULARITIES),
     n_train: int = _TRAIN,
     n_val: int = _VAL,
     n_test: int = _TEST,
     pruning_steps: int = _PRUNING_STEPS,
+    pruning_batch: int = _PRUNING_BATCH,
+    pruning_lr: float = _PRUNING_LR,
+    pruning_objective: str = _PRUNING_OBJECTIVE,
     random_draws: int = _RANDOM,
     greedy_pool: int = _GREEDY_POOL,
     seed: int = _SEED,
@@ -357,7 +367,9 @@ def circuit_cmd(
     _comparison(model, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
                         "methods": (*methods, "random"), "granularities": (granularity,),
                         "curve_ablations": (ablation,), "random_draws": random_draws, "seed": seed,
-                        "greedy_pool": greedy_pool, "pruning": {"steps": pruning_steps}}, out, "circuit")
+                        "greedy_pool": greedy_pool, "pruning": {"steps": pruning_steps, "batch_size": pruning_batch,
+                                                               "lr": pruning_lr, "objective": pruning_objective}},
+                out, "circuit")
 
 
 @command(name="circuit-methods")
@@ -366,11 +378,15 @@ def circuit_methods_cmd(
     task: str = _TASK,
     model: str = _MODEL,
     method: list[str] = typer.Option(list(_COMPARE.methods), "--method", help=" | ".join(METHODS) + " (repeat for several)"),
-    granularity: list[str] = typer.Option(list(_COMPARE.granularities), "--granularity", help="nodes | edges"),
+    granularity: list[str] = typer.Option(list(_COMPARE.granularities), "--granularity",
+                                          help=_GRANULARITIES + " (repeat for several)"),
     n_train: int = _TRAIN,
     n_val: int = _VAL,
     n_test: int = _TEST,
     pruning_steps: int = _PRUNING_STEPS,
+    pruning_batch: int = _PRUNING_BATCH,
+    pruning_lr: float = _PRUNING_LR,
+    pruning_objective: str = _PRUNING_OBJECTIVE,
     random_draws: int = _RANDOM,
     greedy_pool: int = _GREEDY_POOL,
     seed: int = _SEED,
@@ -380,7 +396,8 @@ def circuit_methods_cmd(
     _comparison(model, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
                         "methods": tuple(method), "granularities": tuple(granularity),
                         "random_draws": random_draws, "seed": seed, "greedy_pool": greedy_pool,
-                        "pruning": {"steps": pruning_steps}}, out, "circuit-methods")
+                        "pruning": {"steps": pruning_steps, "batch_size": pruning_batch, "lr": pruning_lr,
+                                    "objective": pruning_objective}}, out, "circuit-methods")
 
 
 @command

@@ -30,12 +30,14 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug or bool(os.environ.get("SAECIRCUITS_DEBUG"))
 
 
-def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = None, name: str | None = None) -> Any:
+def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = None, name: str | None = None,
+            resumes: bool = False) -> Any:
     """Register a command whose SaecircuitsErrors print as one line and exit with status 2.
 
-    ``@command`` registers on the main app; ``@command(on=group, name="x")`` on a sub-app (``saecircuits GROUP x``)."""
+    ``@command`` registers on the main app; ``@command(on=group, name="x")`` on a sub-app (``saecircuits GROUP x``).
+    ``resumes``: a rerun continues from the command's checkpoints (said when it is interrupted)."""
     if fn is None:
-        return functools.partial(command, on=on, name=name)
+        return functools.partial(command, on=on, name=name, resumes=resumes)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -47,7 +49,8 @@ def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = No
             console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]; finished work is kept, rerun to resume")
+            console.print("[yellow]interrupted[/yellow]; " + ("finished work is kept, rerun to resume" if resumes else
+                                                              "this command does not resume: rerun it from the start"))
             raise typer.Exit(130) from None
         except MemoryError:
             if _state["debug"]:

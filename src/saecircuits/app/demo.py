@@ -8,7 +8,8 @@ stage that was interrupted resumes where its own checkpoints allow):
     dashboards/   one static site per SAE (and the Neuronpedia export)
     matching/     the SAEs' features matched across layers, with similarity statistics
     heads/        the weight graph of head-to-head composition
-    circuit/      the IOI circuit found by patching and validated by ablation
+    circuit/      the task's head circuit: found on train prompts, sized on validation, scored on test under
+                  every ablation beside random circuits (as saecircuits circuit-methods writes it)
     layers/       logit lens on the circuit's prompts, sublayer contributions, layer skipping
     report/       the circuit report (HTML, Markdown, PDF/PNG figures, LaTeX tables, results.json)
     wandb/        one W&B run of the whole job (offline unless logged in and reachable)
@@ -23,9 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
+from saecircuits.circuits.config import ComparisonConfig
+from saecircuits.circuits.task_names import split_task
 from saecircuits.core.config import Config
 from saecircuits.core.files import ensure_dir, read_json, write_json
 from saecircuits.core.tracking import Run, WandbConfig
@@ -48,10 +51,27 @@ class DemoConfig(Config):
     match_null: int = Field(200, ge=0, description="shuffled pairings in each similarity null")
     task: str = Field("ioi", description="the circuit task")
     prompts: int = Field(64, ge=4, description="clean/corrupted prompt pairs of the circuit task")
-    circuit_size: int | None = Field(None, ge=1, description="heads in the circuit (None: every head above threshold)")
+    circuit_methods: tuple[str, ...] = Field(("eap-ig",), description="discovery methods the circuit is chosen among "
+                                             "(see saecircuits circuit-methods; greedy and edge-pruning take longer)")
     layer_tokens: int = Field(4096, ge=128, description="tokens the layer analyses read")
     out: str = "runs/demo"
     wandb: WandbConfig = WandbConfig()
+
+    @field_validator("task")
+    @classmethod
+    def _split_task(cls, v: str) -> str:
+        return split_task(v)
+
+    @model_validator(mode="after")
+    def _circuit_settings(self) -> DemoConfig:
+        self.circuit_config()  # a bad method list fails here, before the stages run
+        return self
+
+    def circuit_config(self) -> ComparisonConfig:
+        """The circuit stage's comparison: half the prompts for train and for validation, all of them for test."""
+        half = max(1, self.prompts // 2)
+        return ComparisonConfig(task=self.task, n_train=half, n_val=half, n_test=self.prompts,
+                                methods=self.circuit_methods, granularities=("nodes",))
 
     @field_validator("layers")
     @classmethod
@@ -178,20 +198,29 @@ def heads_stage(cfg: DemoConfig, model, out: Path) -> dict:
 
 
 def circuit_stage(cfg: DemoConfig, model, out: Path) -> dict:
-    from saecircuits.circuits import study as circuit
+    """The task's circuit by ``saecircuits circuit-methods``'s pipeline: discovered on train prompts, its size
+    chosen on validation, scored on held-out test prompts under every ablation beside random circuits."""
+    from saecircuits.circuits.comparison import compare
+    from saecircuits.circuits.comparison_files import write_comparison
+    from saecircuits.report.comparison import render
 
-    settings = {"model": cfg.model, "task": cfg.task, "prompts": cfg.prompts, "size": cfg.circuit_size}
+    cc = cfg.circuit_config()
 
     def fn(folder: Path) -> dict:
-        cc = circuit.CircuitConfig(task=cfg.task, prompts=cfg.prompts, size=cfg.circuit_size)
-        results = circuit.find_and_validate(model, cfg.task, cc, progress=lambda msg: console.print(f"  {msg}"))
-        paths = circuit.write_results(results, folder)
-        for line in circuit.summary_lines(results):
-            console.print(f"  {line}")
-        return {"files": {k: str(v) for k, v in paths.items()}, "circuit": results.circuit.to_json(),
-                "faithfulness": results.validation["faithfulness"], "seconds": results.seconds}
+        start = time.perf_counter()
+        result = compare(model, cc, note=lambda msg: console.print(f"  {msg}", highlight=False))
+        result["config"] = {**cc.model_dump(mode="json"), "model": cfg.model, "seconds": time.perf_counter() - start,
+                            "processes": 1}
+        write_comparison(result, folder, markdown=render)  # the folder is replaced whole
+        c = result["circuit"]["head_circuit"]
+        f = {a: row["task"]["f"] for a, row in c["test"].items() if "task" in row}
+        console.print(f"  head circuit: {c['count']} nodes from {c['method']}; test f " +
+                      ", ".join(f"{a} {v:.3f}" for a, v in f.items()))
+        return {"files": sorted(p.name for p in folder.iterdir()), "method": c["method"], "count": c["count"],
+                "heads": result["circuit"]["heads"], "mlps": result["circuit"]["mlps"], "test_f": f,
+                "seconds": result["config"]["seconds"]}
 
-    return Stage(out, "circuit", settings).run(fn)
+    return Stage(out, "circuit", {"model": cfg.model, **cc.model_dump(mode="json")}).run(fn)
 
 
 def layers_stage(cfg: DemoConfig, model, out: Path) -> dict:

@@ -1,1 +1,2 @@
-"""Circuits: tasks and their prompts, the head patching engine, ablation, discovery methods, validation, the study."""
+"""Circuits: tasks and their held-out splits, the computation graph and the masked forward, evaluation under
+every ablation, discovery methods, and the comparison of methods over MIB's sizes."""

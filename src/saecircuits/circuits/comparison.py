@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from transformer_lens import HookedTransformer
 
-from saecircuits.circuits.config import ComparisonConfig
+from saecircuits.circuits.config import GREEDY_BASES, REPORTED, ComparisonConfig
 from saecircuits.circuits.discovery.attribution import edge_attribution, node_attribution
 from saecircuits.circuits.discovery.edge_pruning import edge_pruning
 from saecircuits.circuits.discovery.greedy import greedy_circuits
@@ -33,55 +33,56 @@ TOLERANCE = 0.1
 
 
 def _circuit_fns(forward: MaskedForward, train, val: Evaluator, cfg: ComparisonConfig, note: Callable[[str], None]
-                 ) -> tuple[dict[tuple[str, str], Callable[[int], torch.Tensor]], dict[tuple[str, str], float]]:
-    """Each (method, granularity)'s circuit of a given count, and the seconds its discovery took."""
+                 ) -> tuple[dict[tuple[str, str], Callable[[int], torch.Tensor]], dict[tuple[str, str], float],
+                            dict[str, torch.Tensor]]:
+    """Each (method, granularity)'s circuit of a given count, the seconds its discovery took, and the node
+    scores of the methods that score nodes (topk-patching, eap, eap-ig: [n_nodes])."""
     g = forward.graph
+    heads = g.head_nodes()
     fns: dict[tuple[str, str], Callable[[int], torch.Tensor]] = {}
     seconds: dict[tuple[str, str], float] = {}
     node_scores: dict[str, torch.Tensor] = {}
     for method in cfg.methods:
-        if method in ("eap", "eap-ig"):
-            t = time.perf_counter()
-            s = edge_attribution(forward, train, cfg.ig_steps if method == "eap-ig" else 0, cfg.batch_size)
-            dt = time.perf_counter() - t
-            flat, nodes = g.edges_flat(s), node_attribution(s)
+        t = time.perf_counter()
+        if method in ("eap", "eap-ig", "topk-patching"):
+            if method == "topk-patching":
+                nodes, ranked = node_patching(forward, train, cfg.batch_size), {}
+            else:
+                s = edge_attribution(forward, train, cfg.ig_steps if method == "eap-ig" else 0, cfg.batch_size)
+                nodes, ranked = node_attribution(s), {"edges": g.edges_flat(s)}
             node_scores[method] = nodes
-            for gran, scores in (("edges", flat), ("nodes", nodes)):
+            ranked.update(nodes=nodes, heads=nodes[heads])
+            for gran, scores in ranked.items():
                 fns[method, gran] = lambda k, scores=scores: top_k(scores, k)
-                seconds[method, gran] = dt
-        elif method == "topk-patching":
-            t = time.perf_counter()
-            nodes = node_patching(forward, train, cfg.batch_size)
-            node_scores[method] = nodes
-            fns[method, "nodes"] = lambda k, s=nodes: top_k(s, k)
-            seconds[method, "nodes"] = time.perf_counter() - t
+                seconds[method, gran] = time.perf_counter() - t
         elif method == "edge-pruning":
             for gran in cfg.granularities:
                 t = time.perf_counter()
-                res = edge_pruning(forward, train, cfg.pruning, gran)
-                n = g.n_edges if gran == "edges" else g.n_nodes
+                res, n = edge_pruning(forward, train, cfg.pruning, gran), g.n_units(gran)
                 fns[method, gran] = lambda k, res=res, n=n: top_k(res.ranking(k / n), k, absolute=False)
                 seconds[method, gran] = time.perf_counter() - t
         note(f"{method}: discovered")
     if "greedy" in cfg.methods:
-        base_name = next((m for m in ("topk-patching", "eap-ig", "eap") if m in node_scores), None)
-        if base_name is None:
-            raise SaecircuitsError("greedy refines a ranking: add topk-patching, eap-ig or eap to the methods")
+        base_name = next(m for m in GREEDY_BASES if m in node_scores)  # the config has one
         base = node_scores[base_name]
-        t = time.perf_counter()
-        found = greedy_circuits(val, base, max_size=max(1, int(0.1 * g.n_nodes)), pool=cfg.greedy_pool)
-        fns["greedy", "nodes"] = lambda k, f=found, b=base: f.get(k, top_k(b, k))
-        seconds["greedy", "nodes"] = time.perf_counter() - t + seconds.get((base_name, "nodes"), 0.0)
+        for gran in {"nodes", "heads"} & set(cfg.granularities):
+            t = time.perf_counter()
+            fixed = ~heads if gran == "heads" else None  # head circuits keep every MLP
+            found = greedy_circuits(val, base, max_size=max(1, int(0.1 * g.n_units(gran))), pool=cfg.greedy_pool,
+                                    fixed=fixed)
+            units = heads if gran == "heads" else torch.ones(g.n_nodes, dtype=torch.bool)
+            fns["greedy", gran] = lambda k, f=found, b=base[units], u=units: f[k][u] if k in f else top_k(b, k)
+            seconds["greedy", gran] = time.perf_counter() - t + seconds.get((base_name, gran), 0.0)
         note("greedy: refined on validation")
-    return {k: v for k, v in fns.items() if k[1] in cfg.granularities}, seconds
+    return {k: v for k, v in fns.items() if k[1] in cfg.granularities}, seconds, node_scores
 
 
 def candidate_counts(n_units: int, granularity: str) -> list[int]:
-    """The sizes a reported circuit is chosen from: MIB's, plus every count up to 10% of the nodes (node
+    """The sizes a reported circuit is chosen from: MIB's, plus every count up to 10% of the units (node and head
     circuits) or 24 log-spaced counts from 0.1% to 10% of the edges (edge circuits)."""
     counts = set(mib_counts(n_units))
     top = max(1, int(0.1 * n_units))
-    if granularity == "nodes":
+    if granularity != "edges":
         counts |= set(range(1, top + 1))
     else:
         counts |= {round(float(x)) for x in torch.logspace(math.log10(max(1.0, 0.001 * n_units)), math.log10(top), 24)}
@@ -92,7 +93,7 @@ def choose_size(val: Evaluator, gran: str, circuit: Callable[[int], torch.Tensor
     """The count to report: the smallest candidate size whose validation f (counterfactual) is within 0.1 of 1,
     else the size closest to 1. Returns (count, validation f)."""
     g = val.forward.graph
-    counts = candidate_counts(g.n_edges if gran == "edges" else g.n_nodes, gran)
+    counts = candidate_counts(g.n_units(gran), gran)
     values = run_masks(val, "counterfactual", gran, torch.stack([circuit(k) for k in counts]))["task"]
     f = faithfulness(values, val.empty("counterfactual")["task"], val.full["task"])
     gap = (1 - f).abs()
@@ -129,8 +130,9 @@ def robustness(test: Evaluator, gran: str, mask: torch.Tensor, draws: int = 0, s
 
 
 def reported(test: Evaluator, chosen: dict, cfg: ComparisonConfig) -> dict:
-    """The reported head and edge circuits: per granularity, of the circuits each method chose on validation, the
-    smallest within 0.1 of f = 1 (else the closest), scored on test under every ablation beside random ones."""
+    """The reported circuits: per granularity, of the circuits each method chose on validation, the smallest within
+    0.1 of f = 1 (else the closest), scored on test under every ablation beside random ones. ``heads`` and ``mlps``
+    list the head circuit's nodes (of ``nodes`` granularity when it ran, else of ``heads``: every MLP)."""
     g = test.forward.graph
     out: dict = {}
     for gran in cfg.granularities:
@@ -139,15 +141,17 @@ def reported(test: Evaluator, chosen: dict, cfg: ComparisonConfig) -> dict:
             continue
         _, count, _, method = min(options)
         _, f_val, mask = chosen[method, gran]
-        units = g.nodes if gran == "nodes" else g.edge_names()
+        units = g.unit_names(gran)
         rob = robustness(test, gran, mask, cfg.random_draws, cfg.seed)
         members = [units[i] for i in mask.nonzero()[:, 0].tolist()]
-        out["head_circuit" if gran == "nodes" else "edge_circuit"] = {
-            "method": method, "count": count, "val_f": f_val, "members": members, "test": rob["cells"],
-            "verdict_flips": rob["verdict_flips"]}
-        if gran == "nodes":
-            out["heads"] = [m for m in members if not m.startswith("mlp")]
-            out["mlps"] = [m for m in members if m.startswith("mlp")]
+        out[REPORTED[gran]] = {"method": method, "count": count, "val_f": f_val, "members": members,
+                               "test": rob["cells"], "verdict_flips": rob["verdict_flips"]}
+        if gran == "heads":
+            out[REPORTED[gran]]["kept_always"] = [n for n in g.nodes if n.startswith("mlp")]
+        if gran == "nodes" or (gran == "heads" and "nodes" not in cfg.granularities):
+            nodes = members + out[REPORTED[gran]].get("kept_always", [])
+            out["heads"] = [m for m in nodes if not m.startswith("mlp")]
+            out["mlps"] = [m for m in nodes if m.startswith("mlp")]
     return out
 
 
@@ -158,14 +162,14 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
     g = forward.graph
     test = Evaluator(forward, splits.test, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)
     val = Evaluator(forward, splits.val, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)
-    fns, seconds = _circuit_fns(forward, splits.train, val, cfg, note)
+    fns, seconds, node_scores = _circuit_fns(forward, splits.train, val, cfg, note)
     for gran in cfg.granularities:
         if "random" in cfg.methods:
             fns["random", gran] = None  # type: ignore[assignment]  # drawn per size below
             seconds["random", gran] = 0.0
     methods, robust, chosen = [], [], {}
     for (method, gran), fn in fns.items():
-        n = g.n_edges if gran == "edges" else g.n_nodes
+        n = g.n_units(gran)
         counts = mib_counts(n)
         for abl in cfg.curve_ablations if fn is not None else cfg.curve_ablations[:1]:  # random: the primary one
             t = time.perf_counter()
@@ -194,6 +198,11 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
                        **robustness(test, gran, mask)})
         note(f"{method} {gran}: chose {count} on validation (f {f_val:.3f})")
     circuit = {"task": cfg.task, "model": model.cfg.model_name, "splits": {s: len(t) for s, t in splits.tasks().items()},
-               "held_out_templates": list(splits.held_out), **reported(test, chosen, cfg)}
+               "held_out_templates": list(splits.held_out), **reported(test, chosen, cfg),
+               "examples": [model.to_string(t) for t in splits.test.clean[:3]],
+               "corrupted_examples": [model.to_string(t) for t in splits.test.corrupted[:3]],
+               "example_tokens": splits.test.clean[0].tolist()}
     return {"methods": methods, "circuit": circuit, "robustness": robust, "work": dict(forward.work),
-            "graph": {"n_nodes": g.n_nodes, "n_edges": g.n_edges, "n_heads": g.n_layers * g.n_heads}}
+            "graph": {"n_nodes": g.n_nodes, "n_edges": g.n_edges, "n_heads": g.n_layers * g.n_heads,
+                      "n_layers": g.n_layers, "heads_per_layer": g.n_heads},
+            "node_scores": {m: dict(zip(g.nodes, s.tolist())) for m, s in node_scores.items()}}

@@ -44,6 +44,7 @@ def write_comparison(result: dict, folder: str | Path, markdown=None) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with staged_dir(folder, prefix=f".{folder.name}-") as tmp:
         write_json(tmp / "methods.json", {"methods": result["methods"], "graph": result["graph"],
+                                          "node_scores": result.get("node_scores", {}),
                                           "config": result.get("config", {})})
         write_json(tmp / "circuit.json", result["circuit"])
         write_json(tmp / "robustness.json", {"robustness": result["robustness"]})

@@ -136,3 +136,23 @@ class ComputationGraph:
     def head_nodes(self) -> torch.Tensor:
         """[n_nodes] bool: which nodes are heads (the rest are MLPs)."""
         return torch.tensor([not n.startswith("mlp") for n in self.nodes])
+
+    # --- granularities: what a circuit's units are -----------------------------------------------
+
+    def n_units(self, granularity: str) -> int:
+        """Units of a circuit: ``edges``; ``nodes`` (heads and MLPs); ``heads`` (every MLP kept)."""
+        return {"edges": self.n_edges, "nodes": self.n_nodes, "heads": self.n_layers * self.n_heads}[granularity]
+
+    def unit_names(self, granularity: str) -> list[str]:
+        if granularity == "edges":
+            return self.edge_names()
+        return [n for n in self.nodes if granularity == "nodes" or not n.startswith("mlp")]
+
+    def node_masks(self, granularity: str, masks: torch.Tensor) -> torch.Tensor:
+        """Node masks [..., n_nodes] of ``nodes`` or ``heads`` unit masks (bool or float; heads: MLPs kept, and
+        differentiable in the head entries)."""
+        if granularity == "nodes":
+            return masks
+        out = torch.ones((*masks.shape[:-1], self.n_nodes), dtype=masks.dtype)
+        out[..., self.head_nodes()] = masks
+        return out

@@ -1,57 +1,18 @@
-"""The circuit study's settings, in a light module (pydantic only) the command line reads its defaults from."""
+"""The circuit comparison's settings, in a light module (pydantic only) the command line reads its defaults from."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from saecircuits.circuits.task_names import TASKS, task_key
+from saecircuits.circuits.task_names import split_task
 from saecircuits.core.config import Config
 
-
-class SAECodeConfig(Config):
-    """Per-head SAEs for code scoring."""
-
-    d_sae: int = Field(16, ge=2, description="latents per head SAE")
-    k: int = Field(1, ge=1, description="active latents per example; the code is the set of their ids")
-    steps: int = Field(150, ge=1)
-    lr: float = Field(2e-2, gt=0)
-    position: Literal["answer", "all"] = Field("answer", description="the position the metric reads, or every position")
-    seed: int = 0
-
-
-class CircuitConfig(Config):
-    """How to find and validate a circuit."""
-
-    task: str = Field("ioi", description="one of " + ", ".join(TASKS))
-    prompts: int = Field(64, ge=2, description="prompts (clean/corrupted pairs)")
-    seed: int = 0
-    size: int | None = Field(None, ge=1, description="heads in the circuit; None: every head above threshold")
-    threshold: float = Field(0.05, gt=0, description="|normalised patching effect| a head needs when size is None")
-    select_by: Literal["patching", "ablation"] = "patching"
-    ablation: Literal["mean", "zero", "resample"] = "mean"
-    random_circuits: int = Field(20, ge=0)
-    bootstrap: int = Field(1000, ge=10)
-    edges: bool = Field(True, description="edge attribution patching over every edge")
-    ig_steps: int = Field(0, ge=0, description="EAP-IG interpolation steps (0: plain EAP)")
-    confirm_edges: int = Field(20, ge=0, description="top EAP edges re-measured by exact edge patching")
-    graph_edges: int = Field(200, ge=0, description="top edges written into the graph")
-    sae_codes: SAECodeConfig | None = Field(default_factory=SAECodeConfig)
-    batch_size: int = Field(16, ge=1)
-    max_rows: int = Field(256, ge=1, description="sequences per batched forward")
-    task_options: dict = Field(default_factory=dict, description="extra arguments of the task builder")
-
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, v: str) -> str:
-        key = task_key(v)
-        if key not in TASKS:
-            raise ValueError(f"unknown task '{v}', choose one of: {', '.join(TASKS)}")
-        return key
-
-
 METHODS = ("topk-patching", "eap", "eap-ig", "edge-pruning", "greedy", "random")
+GREEDY_BASES = ("topk-patching", "eap-ig", "eap")  # the rankings greedy refines, in order of preference
+# circuit.json's key of each granularity's reported circuit
+REPORTED = {"nodes": "head_circuit", "heads": "head_circuit_mlps_kept", "edges": "edge_circuit"}
 # what a cut edge reads (circuits/evaluation.py says what each means)
 ABLATIONS = ("counterfactual", "mean-clean", "mean-counterfactual", "zero", "resample")
 
@@ -84,7 +45,8 @@ class ComparisonConfig(Config):
     n_val: int = Field(32, ge=1)
     n_test: int = Field(64, ge=2)
     methods: tuple[str, ...] = METHODS
-    granularities: tuple[Literal["nodes", "edges"], ...] = ("nodes", "edges")
+    granularities: tuple[Literal["nodes", "heads", "edges"], ...] = Field(
+        ("nodes", "edges"), description="nodes: heads and MLPs; heads: heads, every MLP kept; edges: MIB's edges")
     curve_ablations: tuple[str, ...] = Field(("counterfactual", "mean-clean"),
                                              description="ablations the curves are scored under (the first is primary)")
     ig_steps: int = Field(5, ge=1)
@@ -95,6 +57,11 @@ class ComparisonConfig(Config):
     n_boot: int = Field(1000, ge=10)
     seed: int = 0
 
+    @field_validator("task")
+    @classmethod
+    def _split_task(cls, v: str) -> str:
+        return split_task(v)
+
     @field_validator("methods", "curve_ablations")
     @classmethod
     def _known_names(cls, v: tuple[str, ...], info) -> tuple[str, ...]:
@@ -103,3 +70,11 @@ class ComparisonConfig(Config):
         if unknown or not v:
             raise ValueError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")
         return v
+
+    @model_validator(mode="after")
+    def _greedy_has_a_base(self) -> ComparisonConfig:
+        if "greedy" in self.methods and not set(self.methods) & set(GREEDY_BASES):
+            raise ValueError(f"greedy refines a ranking: add one of {', '.join(GREEDY_BASES)} to the methods")
+        if set(self.methods) <= {"random"}:
+            raise ValueError("random is the floor, not a method: add a discovery method")
+        return self

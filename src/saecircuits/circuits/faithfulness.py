@@ -14,7 +14,7 @@ ablated. A method is scored over the sizes ``MIB_SIZES`` (percent of edges, or o
 - k*, the smallest size with |1 - f| <= tol.
 
 Torch only, no model code: the one home of the percentile bootstrap over prompts and of f's ratio of means,
-which validation.py's head-circuit checks use too. Metric tensors are per prompt, [n] or [S, n] (S sizes, n prompts).
+which the sweep and the comparison use. Metric tensors are per prompt, [n] or [S, n] (S sizes, n prompts).
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from transformer_lens import HookedTransformer
 from transformer_lens.HookedTransformer import POST_NORM_ARCHITECTURES
 
 from saecircuits.circuits.computation_graph import ComputationGraph
-from saecircuits.circuits.patching import z_hook
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.model.unembed import unembed
 
@@ -224,7 +223,7 @@ class MaskedForward:
         with contextlib.ExitStack() as stack:
             if edges is not None:
                 stack.enter_context(split_inputs(model))
-            stack.enter_context(model.hooks(fwd_hooks=[(z_hook(L), run.keep_z) for L in range(g.n_layers)]))
+            stack.enter_context(model.hooks(fwd_hooks=[(f"blocks.{L}.attn.hook_z", run.keep_z) for L in range(g.n_layers)]))
             if start is not None:
                 first, stream = start[0], start[1].repeat(M, 1, 1)
             else:

@@ -1,6 +1,6 @@
 """Faithfulness curves: a method's circuits at every MIB size, scored on test, with bootstrap intervals.
 
-A method gives one circuit per size (``counts[i]`` units kept: edges or nodes, as MIB counts them,
+A method gives one circuit per size (``counts[i]`` units kept: edges, nodes or heads, as MIB counts them,
 see ``faithfulness.mib_counts``); ``curve`` runs them all under one ablation and returns, for every
 metric, the per-prompt values; ``summarise`` turns one metric's values into MIB's numbers: f(k) with
 a 95% interval, CPR and CMD with intervals, and k*.
@@ -43,18 +43,17 @@ def random_masks(n: int, k: int, draws: int, seed: int) -> torch.Tensor:
 
 
 def run_masks(ev: Evaluator, ablation: str, granularity: str, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every metric of unit masks [M, n_units] (edges flat, or nodes): [M, n_prompts] each."""
+    """Every metric of unit masks [M, n_units] (edges flat, nodes, or heads with every MLP kept): [M, n_prompts]."""
+    g = ev.forward.graph
     if granularity == "edges":
-        return ev.run(ablation, edges=ev.forward.graph.edges_unflat(masks, False))
-    return ev.run(ablation, nodes=masks)
+        return ev.run(ablation, edges=g.edges_unflat(masks, False))
+    return ev.run(ablation, nodes=g.node_masks(granularity, masks))
 
 
 def curve(ev: Evaluator, ablation: str, granularity: str, circuit: Callable[[int], torch.Tensor],
           sizes: Sequence[float] = MIB_SIZES) -> dict[str, torch.Tensor]:
     """Per-prompt metrics of ``circuit(count)`` at each size: {metric: [n_sizes, n_prompts]}."""
-    g = ev.forward.graph
-    n_units = g.n_edges if granularity == "edges" else g.n_nodes
-    masks = torch.stack([circuit(k) for k in mib_counts(n_units, sizes)])
+    masks = torch.stack([circuit(k) for k in mib_counts(ev.forward.graph.n_units(granularity), sizes)])
     return run_masks(ev, ablation, granularity, masks)
 
 

@@ -52,6 +52,20 @@ def ensure_dir(path: str | Path) -> Path:
     return path
 
 
+def check_output_dir(target: str | Path) -> Path:
+    """Fail now, before any work, when ``target`` cannot become a staged output folder: a file is in the way, or
+    its parent cannot be created or written."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise SaecircuitsError(f"output path {target} is a file, not a folder", "choose another --out folder")
+    ensure_dir(target.parent)
+    try:
+        shutil.rmtree(tempfile.mkdtemp(prefix=f".{target.name}-check-", dir=target.parent))
+    except OSError as e:
+        raise SaecircuitsError(f"cannot write beside {target}: {e.strerror}", "choose a writable --out folder") from e
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``."""

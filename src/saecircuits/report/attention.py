@@ -1,4 +1,4 @@
-"""Attention patterns for the report: the circuit's key heads on the task's first clean prompt.
+"""Attention patterns for the report: the circuit's key heads on its first test prompt.
 
 The one part of collecting a report that runs the model (loaded here when the caller has none).
 """
@@ -11,8 +11,10 @@ from saecircuits.core.errors import SaecircuitsError
 
 
 def key_heads(circuit: dict, n: int) -> list[str]:
-    """The circuit's ``n`` heads with the largest |patching effect|."""
-    rows = sorted(circuit.get("head_rows", []), key=lambda r: -abs(r["patching_effect"] or 0.0))
+    """The circuit's ``n`` heads with the most edges of the edge circuit between circuit nodes (ties, or no edge
+    circuit: the largest |node score|, then the later layer)."""
+    rows = sorted(circuit.get("head_rows", []), key=lambda r: (-((r["edges_in"] or 0) + (r["edges_out"] or 0)),
+                                                              -abs(r.get("score") or 0.0), -r["layer"], r["index"]))
     return [r["head"] for r in rows[:n]]
 
 
@@ -30,33 +32,27 @@ def attention_patterns(model, tokens: torch.Tensor, heads: list[str]) -> dict:
 
 
 def attention_section(results: dict, model, enabled: bool, n: int) -> dict:
-    """The report's attention section: the key heads' patterns on the task's first clean prompt (the
-    circuit's own, if it has them), or ``{missing: reason}``; takes ``attention`` out of the circuit section."""
+    """The report's attention section: the key heads' patterns on the circuit's first test prompt, or
+    ``{missing: reason}``."""
     circuit = results["circuit"]
     if "missing" in circuit:
         return {"missing": "no circuit"}
-    if circuit.get("attention"):
-        return circuit.pop("attention")
-    circuit.pop("attention", None)
     if not enabled:
         return {"missing": "attention patterns were not computed (--no-attention)"}
     heads = key_heads(circuit, n)
-    # lazy: both import TransformerLens, which a report from a run whose circuit has its patterns never needs
-    from saecircuits.circuits import tasks
-    from saecircuits.model import loading as models
+    if not heads or not circuit.get("example_tokens"):
+        return {"missing": "the circuit has no heads or no example prompt"}
+    from saecircuits.model import loading as models  # lazy: TransformerLens, which a regenerated report never needs
 
     if model is None:
+        name = (circuit.get("config") or {}).get("model") or circuit["model"]  # the name the run was given
         try:
-            model = models.load(circuit["model"])
+            model = models.load(name)
         except SaecircuitsError as e:
-            return {"missing": f"the model {circuit['model']} could not be loaded for attention patterns: {e}"}
-    cfg = circuit.get("config", {})
-    task = tasks.build(circuit["task"], model, n=cfg.get("prompts", 16), seed=cfg.get("seed", 0),
-                       **(cfg.get("task_options") or {}))
-    result = attention_patterns(model, task.clean[:1], heads)
-    result["prompt"] = model.to_string(task.clean[0])
-    examples = circuit.get("examples") or []
-    if examples and not result["prompt"].endswith(examples[0]):
-        result["warning"] = f"the rebuilt task's first prompt differs from the circuit's first example {examples[0]!r}"
-    result["selection"] = f"the circuit's {len(heads)} heads with the largest |patching effect|, on the task's first clean prompt"
+            return {"missing": f"the model {name} could not be loaded for attention patterns: {e}"}
+    tokens = torch.tensor([circuit["example_tokens"]])
+    result = attention_patterns(model, tokens, heads)
+    result["prompt"] = model.to_string(tokens[0])
+    result["selection"] = (f"the circuit's {len(heads)} heads with the most edge-circuit edges (else the largest "
+                           "node scores), on the first test prompt")
     return result

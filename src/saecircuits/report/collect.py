@@ -16,7 +16,6 @@ import platform
 import re
 from pathlib import Path
 
-from saecircuits.circuits.results import CircuitResult, EdgeResults
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import plain_json, read_json
 from saecircuits.core.tensors import load_tensors
@@ -327,49 +326,79 @@ def _circuit_composition(ctx: _Context, heads: list[str], n_heads: int, per_rece
 # --- circuit --------------------------------------------------------------------------------------
 
 def _circuit(ctx: _Context) -> dict:
-    path = ctx.run / "circuit" / "results.json"
-    if not path.is_file():
-        return {"missing": "circuit/results.json is absent"}
-    r = CircuitResult.from_json(read_json(path, what="circuit results"))
-    heads = r.circuit.heads
-    H = r.n_heads
-    pe, ae = r.heads.patching_effect, r.heads.ablation_effect
-    codes = r.sae_codes
-    edges = r.edges or EdgeResults(method=None, n_edges=None, top=[], circuit_edges=[])
-    names = set(heads) | {"logits"}
-    data_edges = [{"sender": s, "receiver": t.split(":")[0], "input": t.split(":")[1] if ":" in t else None, "score": v}
-                  for s, t, v in edges.circuit_edges if s in names and t.split(":")[0] in names]
+    """The circuit stage's comparison (circuit.json, methods.json, robustness.json, as ``circuit-methods`` writes
+    them): the reported head circuit and its test faithfulness, every method's curve, the robustness matrix."""
+    folder = ctx.run / "circuit"
+    if not (folder / "circuit.json").is_file():
+        return {"missing": "circuit/circuit.json is absent"}
+    circuit = read_json(folder / "circuit.json", what="circuit")
+    methods = read_json(folder / "methods.json", what="circuit methods")
+    robust = read_json(folder / "robustness.json", what="circuit robustness")
+    robust = robust if isinstance(robust, dict) else {}
+    head = (circuit.get("head_circuit") or circuit.get("head_circuit_mlps_kept")) if isinstance(circuit, dict) else None
+    graph = methods.get("graph", {}) if isinstance(methods, dict) else {}
+    if not isinstance(head, dict) or not {"method", "count", "val_f", "test"} <= set(head) \
+            or not {"n_layers", "heads_per_layer"} <= set(graph):
+        raise SaecircuitsError(f"{folder} does not hold a head circuit of saecircuits circuit-methods "
+                               "(circuit.json head_circuit with method, count, val_f, test; methods.json graph)",
+                               "rerun the circuit stage (delete the folder, then saecircuits demo)")
+    heads, mlps = list(circuit["heads"]), list(circuit.get("mlps", []))
+    edge = circuit.get("edge_circuit")
+    data_edges = _edges_between((edge or {}).get("members", []), set(heads) | set(mlps) | {"logits"})
+    composition = _circuit_composition(ctx, heads, graph["heads_per_layer"])
+    scores = _node_scores(methods.get("node_scores") or {}, graph["n_layers"], graph["heads_per_layer"])
     rows = []
     for h in heads:
         L, i = (int(x) for x in h.split("."))
-        rows.append({"head": h, "layer": L, "index": i, "patching_effect": pe[L][i], "ablation_effect": ae[L][i],
-                     "sae_code_score": codes.scores[L][i] if codes and codes.scores else None})
-    composition = _circuit_composition(ctx, heads, H)
-    for row in rows:
-        row["role"] = _role(row["head"], composition.get("edges", []), data_edges)
-    task_info = r.task_info or {}
+        rows.append({"head": h, "layer": L, "index": i, "score": scores["heads"][L][i] if scores else None,
+                     "edges_in": sum(e["receiver"] == h for e in data_edges) if edge else None,  # no edge circuit
+                     "edges_out": sum(e["sender"] == h for e in data_edges) if edge else None,
+                     "role": _role(h, composition.get("edges", []), data_edges)})
+    config = methods.get("config", {})
     return {
-        "model": r.model, "task": r.task, "metric": (r.evaluation or {}).get("metric"),
-        "config": r.config, "evaluation": r.evaluation,
-        "examples": task_info.get("examples", []), "corrupted_examples": task_info.get("corrupted_examples", []),
-        "n_layers": r.n_layers, "n_heads": H, "clean_metric": r.clean_metric,
-        "corrupted_metric": r.corrupted_metric, "ablation": r.heads.ablation,
-        "patching_effect": pe, "ablation_effect": ae, "sae_code_scores": codes.scores if codes else None,
-        "heads": heads, "size": r.circuit.size, "rule": r.circuit.rule,
-        "selected_by": r.circuit.selected_by, "head_rows": rows,
-        "validation": r.validation, "faithfulness_by_size": r.faithfulness_by_size,
-        "edges": {"method": edges.method, "n_edges": edges.n_edges, "top": edges.top[:20], "circuit": data_edges,
-                  "confirmed": edges.confirmed or [], "eap_vs_exact": edges.eap_vs_exact},
-        "composition": composition,
-        "sae_codes": {"config": codes.config, "vs_patching": codes.vs_patching, "vs_ablation": codes.vs_ablation}
-        if codes else None,
-        "patching_vs_ablation": r.patching_vs_ablation, "seconds": r.seconds,
-        "attention": r.extras.get("attention"),
+        "model": circuit.get("model"), "task": circuit.get("task"), "config": config,
+        "n_layers": graph["n_layers"], "n_heads": graph["heads_per_layer"], "n_nodes": graph.get("n_nodes"),
+        "n_edges": graph.get("n_edges"), "splits": circuit.get("splits"),
+        "held_out_templates": circuit.get("held_out_templates", []),
+        "examples": circuit.get("examples", []), "corrupted_examples": circuit.get("corrupted_examples", []),
+        "example_tokens": circuit.get("example_tokens"),
+        "heads": heads, "mlps": mlps, "size": head["count"], "mlps_kept": "kept_always" in head,
+        "selected_by": head["method"], "val_f": head["val_f"],
+        "test": head["test"], "verdict_flips": head.get("verdict_flips"), "head_rows": rows,
+        "edge_circuit": {k: edge[k] for k in ("method", "count", "val_f", "test", "verdict_flips") if k in edge}
+        if edge else None,
+        "edges": {"circuit": data_edges}, "composition": composition,
+        "methods": [{k: m.get(k) for k in ("name", "granularity", "ablation", "cpr", "cpr_ci", "cmd", "cmd_ci", "k_star",
+                                           "curve", "seconds")} for m in methods.get("methods", [])],
+        "robustness": robust.get("robustness", []), "seconds": config.get("seconds"), "node_scores": scores,
     }
 
 
+def _edges_between(edge_names: list[str], nodes: set[str]) -> list[dict]:
+    """The edges (``sender->receiver[:input]``) whose sender and receiver are both in ``nodes``."""
+    out = []
+    for name in edge_names:
+        sender, receiver = name.split("->")
+        target, _, kind = receiver.partition(":")
+        if sender in nodes and target in nodes:
+            out.append({"sender": sender, "receiver": target, "input": kind or None})
+    return out
+
+
+def _node_scores(by_method: dict, n_layers: int, n_heads: int) -> dict | None:
+    """One method's node scores as a layer x head table and a per-layer MLP list (exact patching preferred,
+    then EAP-IG, then EAP): {method, heads [L][H], mlps [L]}; None when no method scored nodes."""
+    name = next((m for m in ("topk-patching", "eap-ig", "eap") if m in by_method), None)
+    if name is None:
+        return None
+    s = by_method[name]
+    return {"method": name, "heads": [[s.get(f"{L}.{h}") for h in range(n_heads)] for L in range(n_layers)],
+            "mlps": [s.get(f"mlp{L}") for L in range(n_layers)]}
+
+
 def _role(head: str, composition: list[dict], data_edges: list[dict]) -> str:
-    """What a circuit head does inside the circuit, from its strongest composition edges (and EAP edges to the logits)."""
+    """What a circuit head does inside the circuit, from its strongest composition edges (and edge-circuit edges to
+    the logits)."""
     parts = []
     ins = [e for e in composition if e["receiver"] == head]
     outs = sorted((e for e in composition if e["sender"] == head), key=lambda e: -e["z"])
@@ -395,19 +424,18 @@ def _head_pages(ctx: _Context, results: dict) -> dict:
             named += [e["sender"], e["receiver"]]
     named += [h["head"] for h in results["attention"].get("heads", [])]
     weight_edges = _weight_edges(ctx)
-    pe, ae, codes = circuit["patching_effect"], circuit["ablation_effect"], circuit.get("sae_code_scores")
     pages = {}
     for h in dict.fromkeys(named):
         if not re.fullmatch(r"\d+\.\d+", h):  # the name becomes a file name
             continue
         L, i = (int(x) for x in h.split("."))
-        if L >= len(pe) or i >= len(pe[L]):
+        if L >= circuit["n_layers"] or i >= circuit["n_heads"]:
             continue
         ins = sorted((e for e in weight_edges if e["receiver"] == h), key=lambda e: -(e["z"] or 0))[:10]
         outs = sorted((e for e in weight_edges if e["sender"] == h), key=lambda e: -(e["z"] or 0))[:10]
+        scores = circuit.get("node_scores")
         pages[h] = {"head": h, "layer": L, "index": i, "in_circuit": h in circuit["heads"],
-                    "patching_effect": pe[L][i], "ablation_effect": ae[L][i],
-                    "sae_code_score": codes[L][i] if codes else None,
+                    "score": scores["heads"][L][i] if scores else None,
                     "composition_in": ins, "composition_out": outs,
                     "circuit_edges": [e for e in circuit["edges"]["circuit"] if h in (e["sender"], e["receiver"])],
                     "href": f"heads/{h}.html"}

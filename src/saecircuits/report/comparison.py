@@ -40,8 +40,8 @@ def _cell(c: dict) -> str:
 
 
 def circuit_section(name: str, c: dict) -> list[str]:
-    lines = [f"### {name}: {c['count']} {'nodes' if name == 'Head circuit' else 'edges'} from {c['method']} "
-             f"(validation f {c['val_f']:.3f})", ""]
+    unit = {"Head circuit": "nodes", "Edge circuit": "edges"}.get(name, "heads, every MLP kept")
+    lines = [f"### {name}: {c['count']} {unit} from {c['method']} (validation f {c['val_f']:.3f})", ""]
     ablations = [a for a in ABLATION_ORDER if a in c["test"]]
     lines += ["| metric | " + " | ".join(ablations) + " |", "|---|" + "---|" * len(ablations)]
     for metric, label in METRIC_NAMES.items():
@@ -82,7 +82,8 @@ def render(result: dict, figures: list[str]) -> str:
         lines += curves_table(result["methods"], a)
     lines += [f"![f(k)]({f})" for f in figures] + [""]
     lines += ["## Reported circuits (chosen on validation, scored on test)", ""]
-    for key, name in (("head_circuit", "Head circuit"), ("edge_circuit", "Edge circuit")):
+    for key, name in (("head_circuit", "Head circuit"), ("head_circuit_mlps_kept", "Head circuit, MLPs kept"),
+                      ("edge_circuit", "Edge circuit")):
         if key in c:
             lines += circuit_section(name, c[key])
     if c.get("heads") is not None:

@@ -15,10 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from saecircuits.circuits.comparison_files import draw_curves  # noqa: E402
 from saecircuits.core.files import ensure_dir, save_figure  # noqa: E402
 from saecircuits.layerwise import figures as layer_figs  # noqa: E402
 from saecircuits.matching.outputs import draw_heatmap  # noqa: E402
@@ -32,68 +32,54 @@ def _ok(section: dict | None) -> bool:
     return bool(section) and "missing" not in section
 
 
-def _ci_err(value: float, ci: list | None) -> list[float]:
-    if not ci or ci[0] is None or ci[1] is None:
-        return [0.0, 0.0]
-    return [max(0.0, value - ci[0]), max(0.0, ci[1] - value)]
-
-
 def _layer_of(h: str) -> int:
     return int(h.split(".")[0])
 
 
 # --- circuit --------------------------------------------------------------------------------------
 
-def circuit_graph(results: dict, max_eap: int = 20):
-    """Circuit heads at (layer, head); weight-graph composition edges coloured by Q/K/V, the ``max_eap`` strongest
-    EAP edges between circuit heads (and into the logits) in purple."""
+def circuit_graph(results: dict):
+    """The head circuit at (layer, head), its MLPs in a row above the heads; weight-graph composition edges
+    coloured by Q/K/V, the edge circuit's edges between circuit nodes (and into the logits) dashed."""
     c = results.get("circuit")
-    if not _ok(c) or not c["heads"]:
+    if not _ok(c) or not (c["heads"] or c["mlps"]):
         return None
     g = nx.MultiDiGraph()
-    pos = {}
-    effect = {r["head"]: r["patching_effect"] or 0.0 for r in c["head_rows"]}
-    for h in c["heads"]:
-        g.add_node(h)
-        pos[h] = (_layer_of(h), int(h.split(".")[1]))
+    pos = {h: (_layer_of(h), int(h.split(".")[1])) for h in c["heads"]}
+    pos.update({m: (int(m[3:]), c["n_heads"]) for m in c["mlps"]})
+    g.add_nodes_from(pos)
     data = [e for e in c["edges"]["circuit"] if e["sender"] in pos and (e["receiver"] in pos or e["receiver"] == "logits")]
-    data = sorted(data, key=lambda e: -abs(e["score"]))[:max_eap]
     if any(e["receiver"] == "logits" for e in data):
         g.add_node("logits")
-        pos["logits"] = (c["n_layers"], (c["n_heads"] - 1) / 2)
+        pos["logits"] = (c["n_layers"], c["n_heads"] / 2)
     comp = [e for e in (c.get("composition") or {}).get("edges", []) if e["sender"] in pos and e["receiver"] in pos]
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.28 * c["n_layers"] + 3), max(3.8, 0.42 * c["n_heads"] + 1.6)))
-    vmax = max([abs(v) for v in effect.values()] + [1e-9])
-    heads = [h for h in g.nodes if h != "logits"]
-    nodes = nx.draw_networkx_nodes(g, pos, nodelist=heads, node_color=[effect[h] for h in heads], cmap="RdBu_r",
-                                   vmin=-vmax, vmax=vmax, node_size=520, edgecolors="black", linewidths=0.8, ax=ax)
-    if "logits" in g:
-        nx.draw_networkx_nodes(g, pos, nodelist=["logits"], node_color="#dddddd", node_shape="s", node_size=900,
-                               edgecolors="black", ax=ax)
-    for h in heads:  # white text on the darkest nodes
-        ax.text(*pos[h], h, ha="center", va="center", fontsize=7, zorder=5,
-                color="white" if abs(effect[h]) > 0.6 * vmax else "black")
-    if "logits" in g:
-        ax.text(*pos["logits"], "logits", ha="center", va="center", fontsize=7, zorder=5)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.28 * c["n_layers"] + 3), max(3.8, 0.42 * c["n_heads"] + 2.0)))
+    for names, color, shape in ((c["heads"], "#9ecae1", "o"), (c["mlps"], "#fdd0a2", "s"),
+                                (["logits"] if "logits" in g else [], "#dddddd", "s")):
+        if names:
+            nx.draw_networkx_nodes(g, pos, nodelist=names, node_color=color, node_shape=shape, node_size=560,
+                                   edgecolors="black", linewidths=0.8, ax=ax)
+    for n in g.nodes:
+        ax.text(*pos[n], n, ha="center", va="center", fontsize=6.5, zorder=5)
     zmax = max([e["z"] for e in comp] + [1e-9])
     for kind, color in KIND_COLORS.items():
         es = [e for e in comp if e["type"] == kind]
         if es:
             nx.draw_networkx_edges(g, pos, edgelist=[(e["sender"], e["receiver"]) for e in es], edge_color=color,
-                                   width=[0.8 + 3.2 * e["z"] / zmax for e in es], arrowsize=12, node_size=520,
+                                   width=[0.8 + 3.2 * e["z"] / zmax for e in es], arrowsize=12, node_size=560,
                                    connectionstyle="arc3,rad=0.18", ax=ax, alpha=0.85)
-    smax = max([abs(e["score"]) for e in data] + [1e-9])
     if data:
         nx.draw_networkx_edges(g, pos, edgelist=[(e["sender"], e["receiver"]) for e in data], edge_color=EAP_COLOR,
-                               width=[0.6 + 3.4 * abs(e["score"]) / smax for e in data], style="dashed", arrowsize=10,
-                               node_size=520, connectionstyle="arc3,rad=-0.18", ax=ax, alpha=0.8)
-    _layer_head_axes(ax, pos, c["n_layers"], c["n_heads"])
-    fig.colorbar(nodes, ax=ax, label="patching effect (node colour)", shrink=0.8)
+                               width=1.0, style="dashed", arrowsize=9, node_size=560,
+                               connectionstyle="arc3,rad=-0.18", ax=ax, alpha=0.6)
+    _layer_head_axes(ax, pos, c["n_layers"], c["n_heads"] + 1)
+    ax.set_yticks(range(c["n_heads"] + 1), [str(h) for h in range(c["n_heads"])] + ["MLP"])
     handles = [Line2D([], [], color=KIND_COLORS[k], lw=2.5, label=f"{k}-composition (weights)") for k in KIND_COLORS]
-    handles.append(Line2D([], [], color=EAP_COLOR, lw=2, ls="--", label="EAP edge (data)"))
+    handles.append(Line2D([], [], color=EAP_COLOR, lw=1.5, ls="--", label="edge-circuit edge (data)"))
     ax.legend(handles=handles, loc="upper left", fontsize=7, frameon=False, ncol=2)
-    ax.set_title(f"{c['model']} {c['task']} circuit: {c['size']} heads ({c['rule']} by {c['selected_by']}); "
-                 f"edge width: z (weights) or |EAP score| (top {len(data)} EAP edges)", fontsize=9)
+    f = ((c["test"].get("counterfactual") or {}).get("task") or {}).get("f")
+    ax.set_title(f"{c['model']} {c['task']}: {len(c['heads'])} heads, {len(c['mlps'])} MLPs from {c['selected_by']} "
+                 f"(sized on validation); test f {f:.2f} (counterfactual)" if f is not None else "", fontsize=9)
     return fig
 
 
@@ -113,85 +99,61 @@ def _layer_head_axes(ax, pos: dict[str, tuple], n_layers: int, n_heads: int) -> 
         ax.spines[s].set_visible(False)
 
 
-def patching_heatmap(results: dict):
-    """Layer x head effects of activation patching and of ablation, diverging colour map centred at 0."""
+def node_scores(results: dict):
+    """Each head's (and MLP's) score from the discovery method that scores nodes, layer x head, diverging colour
+    map centred at 0; boxes: the circuit's nodes."""
+    c = results.get("circuit")
+    if not _ok(c) or not c.get("node_scores"):
+        return None
+    s = c["node_scores"]
+    m = np.array([[np.nan if v is None else v for v in row] for row in s["heads"]], dtype=float).T  # [head, layer]
+    m = np.vstack([m, np.array([np.nan if v is None else v for v in s["mlps"]], dtype=float)[None]])
+    vmax = max(float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0, 1e-9)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * c["n_layers"] + 2), 0.3 * (c["n_heads"] + 1) + 1.6),
+                           constrained_layout=True)
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    boxes = [(_layer_of(h), int(h.split(".")[1])) for h in c["heads"]] + [(int(x[3:]), c["n_heads"]) for x in c["mlps"]]
+    for L, h in boxes:
+        ax.add_patch(plt.Rectangle((L - 0.5, h - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
+    ax.set_xticks(range(0, c["n_layers"], max(1, c["n_layers"] // 15)))
+    ax.set_yticks(range(c["n_heads"] + 1), [str(h) for h in range(c["n_heads"])] + ["MLP"])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("head")
+    ax.set_title(f"{s['method']} score of each node on the train prompts (boxes: the circuit)")
+    fig.colorbar(im, ax=ax, shrink=0.9)
+    return fig
+
+
+def faithfulness_curves(results: dict):
+    """f(k) of every method on test under the primary ablation, with 95% intervals (the comparison's figure)."""
+    c = results.get("circuit")
+    if not _ok(c) or not c.get("methods"):
+        return None
+    return draw_curves(c["methods"], c["methods"][0]["ablation"])
+
+
+def circuit_faithfulness(results: dict):
+    """The reported head circuit's f on test under every ablation (task metric), beside the mean and the best of
+    random circuits of its size; the band |1 - f| <= 0.1 is the verdict."""
     c = results.get("circuit")
     if not _ok(c):
         return None
-    panels = [("patching_effect", "activation patching (corrupted -> clean)"),
-              ("ablation_effect", f"{c.get('ablation') or 'mean'} ablation")]
-    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.3 * c["n_layers"] + 2), 2 * (0.3 * c["n_heads"] + 1.4)),
-                             constrained_layout=True)
-    inside = [(_layer_of(h), int(h.split(".")[1])) for h in c["heads"]]
-    for ax, (key, title) in zip(axes, panels):
-        m = np.array([[np.nan if v is None else v for v in row] for row in c[key]], dtype=float).T  # [head, layer]
-        vmax = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0
-        im = ax.imshow(m, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -max(vmax, 1e-9), max(vmax, 1e-9)), aspect="auto",
-                       interpolation="nearest")
-        for L, h in inside:
-            ax.add_patch(plt.Rectangle((L - 0.5, h - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
-        ax.set_xticks(range(0, c["n_layers"], max(1, c["n_layers"] // 15)))
-        ax.set_yticks(range(c["n_heads"]))
-        ax.set_xlabel("layer")
-        ax.set_ylabel("head")
-        ax.set_title(f"{title}: normalised effect on {c['metric']} (boxes: circuit heads)")
-        fig.colorbar(im, ax=ax, shrink=0.9)
-    return fig
-
-
-def ablation_bars(results: dict):
-    """Faithfulness of the circuit, the circuit knocked out and random circuits (95% CIs); the metric under each."""
-    c = results.get("circuit")
-    if not _ok(c) or not c.get("validation"):
+    rows = [(a, cell["task"]) for a, cell in c["test"].items() if "task" in cell and "f" in cell["task"]]
+    if not rows:
         return None
-    v = c["validation"]
-    bars = [(label, v[key]["value"], v[key].get("ci"), color) for key, label, color in
-            (("faithfulness", "circuit\n(rest ablated)", "#2b6cb0"), ("knockout", "circuit\nknocked out", "#c05621"))
-            if v.get(key)]
-    if v.get("random"):
-        r = v["random"]
-        bars.append((f"random circuits\n(n={r['n_circuits']})", r["faithfulness_mean"], r.get("ci"), "#718096"))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"wspace": 0.3})
-    xs = range(len(bars))
-    a.bar(xs, [x[1] for x in bars], yerr=np.array([_ci_err(x[1], x[2]) for x in bars]).T, color=[x[3] for x in bars],
-          capsize=5)
-    a.set_xticks(list(xs), [x[0] for x in bars])
-    a.axhline(0, color="black", lw=0.6)
-    a.axhline(1, color="grey", lw=0.6, ls="--")
-    a.set_ylabel("faithfulness (share of full-model metric)")
-    a.set_title(f"{c['size']} heads, {c.get('ablation') or 'mean'} ablation, 95% CI")
-    metric = v.get("metric") or {}
-    labels = {"full": "full model", "circuit": "circuit only", "knockout": "circuit\nknocked out", "all_ablated": "all ablated"}
-    rows = [(labels[k], metric[k]["mean"], metric[k].get("ci")) for k in labels if k in metric]
-    b.bar(range(len(rows)), [x[1] for x in rows], yerr=np.array([_ci_err(x[1], x[2]) for x in rows]).T.reshape(2, -1),
-          color="#4a5568", capsize=5)
-    b.set_xticks(range(len(rows)), [x[0] for x in rows])
-    b.axhline(0, color="black", lw=0.6)
-    b.set_ylabel(c["metric"] or "metric")
-    b.set_title(f"task metric over {v.get('n_prompts')} prompts, 95% CI")
-    return fig
-
-
-def faithfulness_by_size(results: dict):
-    """Faithfulness and knockout of the top-k heads (by the selection score) against k."""
-    c = results.get("circuit")
-    if not _ok(c) or not c.get("faithfulness_by_size"):
-        return None
-    rows = c["faithfulness_by_size"]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([r["size"] for r in rows], [r["faithfulness"] for r in rows], marker="o", label="top-k kept, rest ablated")
-    ax.plot([r["size"] for r in rows], [r["knockout"] for r in rows], marker="s", label="top-k knocked out")
-    ax.axvline(c["size"], color="grey", ls=":", label=f"circuit ({c['size']} heads)")
-    r = (c.get("validation") or {}).get("random")
-    if r and r.get("ci"):
-        ax.axhspan(r["ci"][0], r["ci"][1], color="#718096", alpha=0.25, label="random circuits (95% CI)")
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    xs = np.arange(len(rows))
+    ax.bar(xs - 0.2, [r["f"] for _, r in rows], 0.4, color="#2b6cb0", label=f"circuit ({c['size']} nodes)")
+    if all("random_mean" in r for _, r in rows):
+        ax.bar(xs + 0.2, [r["random_mean"] for _, r in rows], 0.4, color="#a0aec0", label="random circuits, mean")
+        ax.scatter(xs + 0.2, [r["random_max"] for _, r in rows], color="black", marker="_", s=200, zorder=3,
+                   label="random circuits, best")
+    ax.axhspan(0.9, 1.1, color="0.88", zorder=0)
     ax.axhline(0, color="black", lw=0.6)
-    ax.axhline(1, color="grey", lw=0.6, ls="--")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"heads (top-k by {c['selected_by']} effect)")
-    ax.set_ylabel("faithfulness")
+    ax.set_xticks(xs, [a for a, _ in rows])
+    ax.set_ylabel("faithfulness f (test)")
     ax.legend(fontsize=7)
-    ax.set_title("faithfulness by circuit size")
+    ax.set_title("the head circuit under every ablation (grey band: |1 - f| <= 0.1)")
     return fig
 
 
@@ -206,13 +168,11 @@ def attention_patterns(results: dict):
     rows = math.ceil(n / cols)
     side = max(3.2, 0.22 * len(tokens) + 1.2)
     fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows), squeeze=False, constrained_layout=True)
-    effect = {r["head"]: r["patching_effect"] for r in (results.get("circuit") or {}).get("head_rows", [])}
     for ax, h in zip(axes.flat, att["heads"]):
         im = ax.imshow(np.array(h["pattern"], dtype=float), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
         ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
-        e = effect.get(h["head"])
-        ax.set_title(f"head {h['head']}" + (f" (patching {e:+.2f})" if e is not None else ""), fontsize=8)
+        ax.set_title(f"head {h['head']}", fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="attention weight")
@@ -299,8 +259,8 @@ def frontier(results: dict):
 
 
 FIGURES = {
-    "circuit_graph": circuit_graph, "patching_heatmap": patching_heatmap, "ablation_bars": ablation_bars,
-    "faithfulness_by_size": faithfulness_by_size, "attention_patterns": attention_patterns,
+    "circuit_graph": circuit_graph, "node_scores": node_scores, "faithfulness_curves": faithfulness_curves,
+    "circuit_faithfulness": circuit_faithfulness, "attention_patterns": attention_patterns,
     "similarity_heatmap": similarity_heatmap, "training_curves": training_curves, "frontier": frontier,
 }
 

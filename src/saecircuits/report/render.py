@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from saecircuits.core.files import ensure_dir, write_text
-from saecircuits.report.tables import Table, ci, href, md_escape, num, to_html, to_markdown
+from saecircuits.report.tables import Table, href, md_escape, num, to_html, to_markdown
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fff}
@@ -46,11 +46,11 @@ FIGURE_CAPTIONS = {
     "training_curves": "SAE training loss and explained variance against training tokens.",
     "frontier": "L0 against explained variance of every SAE (held-out evaluation); colour: CE loss recovered.",
     "similarity_heatmap": "Layer x layer similarity of the SAEs' features (mean matched r, share r > 0.7, decoder SVCCA and CKA; * p < 0.01 against the shuffled null).",
-    "circuit_graph": "The circuit: heads placed by layer and head; edges from the weight graph (Q/K/V composition) and from edge attribution patching (EAP) on the task.",
-    "patching_heatmap": "Normalised effect of each head on the task metric under activation patching and under ablation (boxes: circuit heads).",
-    "ablation_bars": "Circuit validation by ablation with 95% bootstrap confidence intervals.",
-    "faithfulness_by_size": "Faithfulness of the top-k heads against k, with the random-circuit baseline.",
-    "attention_patterns": "Attention patterns of the circuit's key heads on the task's first clean prompt (rows: query, columns: key).",
+    "circuit_graph": "The head circuit: heads placed by layer and head, MLPs above; edges from the weight graph (Q/K/V composition) and from the edge circuit found on the task.",
+    "node_scores": "Each head's and MLP's score from the discovery method that scores nodes, on the train prompts (boxes: the circuit's nodes).",
+    "faithfulness_curves": "Faithfulness f(k) on held-out test prompts of every discovery method against circuit size (MIB's grid), with 95% bootstrap intervals; grey band: |1 - f| <= 0.1.",
+    "circuit_faithfulness": "The reported head circuit under every ablation (task metric, test prompts), beside random circuits of its size.",
+    "attention_patterns": "Attention patterns of the circuit's key heads on its first test prompt (rows: query, columns: key).",
     "layers_logit_lens": "Logit lens on the circuit's prompts: probability of the answer and share of prompts where it is the top token, by depth (last position); rank of the answer per prompt.",
     "layers_contributions": "Sublayer contributions: norm of each attention / MLP / block output relative to the residual stream it reads, and its cosine with it.",
     "layers_skipping": "Layer skipping: output KL from skipping each layer (or swapping it with the next), and the change of every later block's contribution.",
@@ -90,18 +90,13 @@ def headline(results: dict) -> list[tuple[str, str]]:
     out = []
     c = results.get("circuit")
     if _ok(c):
-        v = c.get("validation") or {}
-        ev = c.get("evaluation") or {}
-        out.append((f"{num(ev.get('clean_metric'))}", f"clean {c['metric']} (accuracy {num(ev.get('clean_accuracy'), 2)})"))
-        out.append((str(c["size"]), f"circuit heads ({c['rule']} by {c['selected_by']})"))
-        if v.get("faithfulness"):
-            value, bounds = ci(v["faithfulness"]["value"], v["faithfulness"].get("ci"))
-            out.append((f"{value} {bounds}", "faithfulness (95% CI)"))
-        if v.get("knockout"):
-            value, bounds = ci(v["knockout"]["value"], v["knockout"].get("ci"))
-            out.append((f"{value} {bounds}", "circuit knocked out (95% CI)"))
-        if v.get("random"):
-            out.append((num(v["random"]["faithfulness_mean"]), f"random circuits' faithfulness (n={v['random']['n_circuits']})"))
+        out.append((str(c["size"]), f"circuit nodes: {len(c['heads'])} heads, {len(c['mlps'])} MLPs ({c['selected_by']}, "
+                                    "sized on validation)"))
+        for abl in ("counterfactual", "mean-clean"):
+            cell = (c["test"].get(abl) or {}).get("task")
+            if cell and "f" in cell:
+                rand = f"; random {num(cell['random_mean'])}" if "random_mean" in cell else ""
+                out.append((num(cell["f"]), f"test faithfulness, {abl} ablation{rand}"))
     t = results.get("training")
     if _ok(t) and t["saes"]:
         evs = [s["explained_variance"] for s in t["saes"] if s.get("explained_variance") is not None]
@@ -132,8 +127,9 @@ def _section_html(key: str, results: dict, tables: dict[str, Table], figures: di
         c = results.get("circuit")
         lead = ""
         if _ok(c):
-            lead = (f"<p>Circuit heads: {', '.join(_head_link(results, h) for h in c['heads'])}.</p>"
-                    f"<p class=meta>Example prompt: <code>{_e((c.get('examples') or [''])[0])}</code></p>")
+            lead = (f"<p>Circuit heads: {', '.join(_head_link(results, h) for h in c['heads'])}"
+                    f"{'; MLPs: ' + _e(', '.join(c['mlps'])) if c['mlps'] else ''}.</p>"
+                    f"<p class=meta>Example test prompt: <code>{_e((c.get('examples') or [''])[0])}</code></p>")
         return f'<div class="cards">{cards}</div>{lead}'
     if key in DATA_SECTIONS and not _ok(results[key]):
         return _missing(results[key])
@@ -174,51 +170,43 @@ def _head_link(results: dict, h: str) -> str:
     return f'<a href="{_e(href(page["href"]))}">{_e(h)}</a>' if page else _e(h)
 
 
+def _circuit_lead(c: dict) -> list[str]:
+    """The circuit section's opening sentences (plain text), shared by the HTML and the Markdown."""
+    sp = c.get("splits") or {}
+    lead = [f"Task {c['task']} on {c['model']}. Discovery saw {sp.get('train')} train prompts, the circuit's size was "
+            f"chosen on {sp.get('val')} validation prompts, and every number below is on {sp.get('test')} test prompts "
+            f"(test holds templates train lacks: {'; '.join(c.get('held_out_templates') or []) or 'none'}).",
+            f"The head circuit: {c['size']} {'heads (every MLP kept)' if c.get('mlps_kept') else 'nodes'} "
+            f"({len(c['heads'])} heads, {len(c['mlps'])} MLPs) from {c['selected_by']}, validation f {num(c['val_f'])} "
+            "under counterfactual ablation."]
+    flips = c.get("verdict_flips")
+    lead.append("Its verdict (|1 - f| <= 0.1) depends on the ablation or the metric: read the table before the "
+                "number." if flips else "Its verdict is the same under every ablation and metric.")
+    e = c.get("edge_circuit")
+    if e:
+        f = ((e["test"].get("counterfactual") or {}).get("task") or {}).get("f")
+        lead.append(f"The edge circuit: {e['count']} edges from {e['method']}, test f {num(f)} (counterfactual).")
+    return lead
+
+
 def _circuit_html(results: dict, T, F) -> str:
     c = results["circuit"]
-    ev = c.get("evaluation") or {}
-    v = c.get("validation") or {}
-    parts = [f"<p>Task <b>{_e(c['task'])}</b> on {_e(c['model'])}: metric {_e(c['metric'])}, clean "
-             f"{num(ev.get('clean_metric'))} (corrupted {num(ev.get('corrupted_metric'))}), accuracy "
-             f"{num(ev.get('clean_accuracy'), 2)} against chance {num(ev.get('chance'), 2)} over {num(ev.get('n_prompts'))} "
-             f"prompts. Heads selected by {_e(c['selected_by'])} ({_e(c['rule'])}); validation by "
-             f"{_e(c.get('ablation') or 'mean')} ablation.</p>"]
+    parts = ["<p>" + " ".join(_e(x) for x in _circuit_lead(c)) + "</p>"]
     if c.get("examples"):
         ex = "".join(f"<li><code>{_e(a)}</code> / <code>{_e(b)}</code></li>"
                      for a, b in zip(c["examples"], c.get("corrupted_examples") or c["examples"]))
-        parts.append(f"<p class=meta>Clean / corrupted examples:</p><ul>{ex}</ul>")
-    parts += [F("circuit_graph"), F("patching_heatmap"), T("circuit_heads"), F("ablation_bars"), T("ablation"),
-              F("faithfulness_by_size")]
+        parts.append(f"<p class=meta>Test prompts / their counterfactuals:</p><ul>{ex}</ul>")
+    parts += [F("circuit_graph"), F("node_scores"), T("circuit_heads"), F("circuit_faithfulness"), T("circuit_faithfulness"),
+              F("faithfulness_curves"), T("circuit_methods"), T("circuit_robustness")]
     att = results.get("attention") or {}
     if _ok(att):
         parts.append(f"<p class=meta>Prompt: <code>{_e(att.get('prompt', ''))}</code>; {_e(att.get('selection', ''))}.</p>")
-        if att.get("warning"):
-            parts.append(f'<p class="missing">{_e(att["warning"])}</p>')
         parts.append(F("attention_patterns"))
     else:
         parts.append(_missing(att))
-    notes = []
-    e = c.get("edges") or {}
-    if e.get("eap_vs_exact"):
-        x = e["eap_vs_exact"]
-        notes.append(f"Edge attribution patching ({e.get('method')}, {num(e.get('n_edges'))} edges) against exact "
-                     f"edge patching on the top {num(len(e.get('confirmed', [])))} edges: Pearson {num(x.get('pearson'))}, "
-                     f"Spearman {num(x.get('spearman'))}, same sign {num(x.get('same_sign'))}.")
-    if c.get("patching_vs_ablation"):
-        x = c["patching_vs_ablation"]
-        notes.append(f"Patching against ablation effects: Spearman {num(x.get('spearman'))}, top-{num(x.get('top'))} "
-                     f"overlap {num(x.get('top_overlap'))}.")
-    if c.get("sae_codes") and c["sae_codes"].get("vs_patching"):
-        x = c["sae_codes"]["vs_patching"]
-        notes.append(f"SAE-code head scores against patching: Spearman {num(x.get('spearman'))} "
-                     f"(p {num(x.get('spearman_p'))}), top-{num(x.get('top'))} overlap {num(x.get('top_overlap'))}.")
     comp = c.get("composition") or {}
     if comp.get("rule"):
-        notes.append(f"Composition edges in the graph: {comp['rule']}.")
-    if v.get("random"):
-        notes.append(f"Share of the {num(v['random']['n_circuits'])} random circuits of the same size at least as "
-                     f"faithful as the circuit: {num(v['random']['share_at_least_circuit'])}.")
-    parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+        parts.append(f"<p class=meta>Composition edges in the graph: {_e(comp['rule'])}.</p>")
     return "".join(parts)
 
 
@@ -324,12 +312,9 @@ def _md_circuit(results: dict, T, F) -> list[str]:
     c = results.get("circuit")
     if not _ok(c):
         return out + [_md_missing(c)]
-    ev = c.get("evaluation") or {}
-    out.append(f"Task **{md_escape(c['task'])}**, metric {md_escape(c['metric'])}: clean {num(ev.get('clean_metric'))}, "
-               f"corrupted {num(ev.get('corrupted_metric'))}, accuracy {num(ev.get('clean_accuracy'), 2)} "
-               f"(chance {num(ev.get('chance'), 2)}).\n")
-    out += [F("circuit_graph"), F("patching_heatmap"), T("circuit_heads"), F("ablation_bars"), T("ablation"),
-            F("faithfulness_by_size")]
+    out.append(" ".join(md_escape(x) for x in _circuit_lead(c)) + "\n")
+    out += [F("circuit_graph"), F("node_scores"), T("circuit_heads"), F("circuit_faithfulness"), T("circuit_faithfulness"),
+            F("faithfulness_curves"), T("circuit_methods"), T("circuit_robustness")]
     att = results.get("attention") or {}
     if _ok(att):
         out.append(f"Prompt: `{md_escape(att.get('prompt', ''))}`\n\n" + F("attention_patterns"))
@@ -373,17 +358,17 @@ def render_head_page(results: dict, head: str) -> str:
     c = results["circuit"]
     parts = [f'<p class=meta><a href="../index.html#circuit">report</a> &middot; {_e(c["model"])} &middot; task '
              f"{_e(c['task'])}</p><h1>Head {_e(head)}</h1>",
-             f"<p>{'In the circuit.' if p['in_circuit'] else 'Not in the circuit.'} Patching effect "
-             f"<b>{num(p['patching_effect'])}</b>, {_e(c.get('ablation') or 'mean')}-ablation effect "
-             f"<b>{num(p['ablation_effect'])}</b> (normalised, on {_e(c['metric'])})"
-             + (f", SAE-code score {num(p['sae_code_score'])}" if p.get("sae_code_score") is not None else "") + ".</p>",
+             f"<p>{'In the circuit' if p['in_circuit'] else 'Not in the circuit'} of {c['size']} nodes "
+             f"({_e(c['selected_by'])}, sized on validation)."
+             + (f" Its {_e(c['node_scores']['method'])} score: <b>{num(p['score'])}</b>." if p.get("score") is not None
+                else "") + "</p>",
              "<h2>Composition into this head (weights)</h2>", _edge_rows(p["composition_in"], "sender"),
              "<h2>Composition from this head (weights)</h2>", _edge_rows(p["composition_out"], "receiver")]
     if p["circuit_edges"]:
         rows = "".join(f"<tr><td>{_e(e['sender'])}</td><td>{_e(e['receiver'])}{':' + _e(e['input']) if e.get('input') else ''}"
-                       f"</td><td class=n>{num(e['score'])}</td></tr>" for e in p["circuit_edges"])
-        parts.append("<h2>Edge attribution (EAP) edges inside the circuit</h2><table><thead><tr><th>sender</th>"
-                     f"<th>receiver</th><th>score</th></tr></thead><tbody>{rows}</tbody></table>")
+                       "</td></tr>" for e in p["circuit_edges"])
+        parts.append("<h2>Edges of the edge circuit between circuit nodes</h2><table><thead><tr><th>sender</th>"
+                     f"<th>receiver</th></tr></thead><tbody>{rows}</tbody></table>")
     att = results.get("attention") or {}
     for h in att.get("heads", []) if _ok(att) else []:
         if h["head"] == head:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from saecircuits.core.files import ensure_dir, write_text
 from saecircuits.layerwise.results import ContributionsResult, LensResult, SkipResult
+from saecircuits.report.comparison import ABLATION_ORDER, METRIC_NAMES
 
 
 @dataclass
@@ -71,47 +72,79 @@ def circuit_heads(results: dict) -> Table | None:
         return None
     pages = results.get("head_pages", {})
     rows, data, links = [], [], []
-    for r in sorted(c["head_rows"], key=lambda r: -abs(r["patching_effect"] or 0)):
-        data.append([r["head"], r["patching_effect"], r["ablation_effect"], r["sae_code_score"], r["role"]])
-        rows.append([r["head"], num(r["patching_effect"]), num(r["ablation_effect"]), num(r["sae_code_score"]),
-                     r["role"] or "n/a"])
+    for r in sorted(c["head_rows"], key=lambda r: (r["layer"], r["index"])):
+        data.append([r["head"], r["score"], r["edges_in"], r["edges_out"], r["role"]])
+        rows.append([r["head"], num(r["score"]), num(r["edges_in"]), num(r["edges_out"]), r["role"] or "n/a"])
         links.append([pages.get(r["head"], {}).get("href"), None, None, None, None])
-    return Table("circuit_heads", f"The {c['size']} heads of the {c['task']} circuit of {c['model']} "
-                 f"({c['rule']} by {c['selected_by']}): normalised effects on {c['metric']} "
-                 f"(patching; {c.get('ablation') or 'mean'} ablation), SAE-code score, and composition inside the circuit.",
-                 ["head", "patching effect", "ablation effect", "SAE-code score", "composition in circuit"],
-                 rows, data, links, align="lrrrl")
+    mlps = f"; with MLPs {', '.join(c['mlps'])}" if c["mlps"] else ""
+    scored = (c.get("node_scores") or {}).get("method", "no method")
+    return Table("circuit_heads", f"The {len(c['heads'])} heads of the {c['task']} circuit of {c['model']} "
+                 f"({c['selected_by']}, sized on validation{mlps}): each head's {scored} score on the train prompts, "
+                 "edges of the edge circuit into and out of it (between circuit nodes), and its strongest composition "
+                 "inside the circuit.", ["head", "score", "edges in", "edges out", "composition in circuit"], rows, data,
+                 links, align="lrrrl")
 
 
-def ablation(results: dict) -> Table | None:
+def circuit_faithfulness(results: dict) -> Table | None:
+    """The reported head circuit's test f under every ablation x metric, beside random circuits of its size."""
     c = results.get("circuit")
-    if not c or "missing" in c or not c.get("validation"):
+    if not c or "missing" in c:
         return None
-    v = c["validation"]
     rows, data = [], []
+    for abl, cells in c["test"].items():
+        if "unavailable" in cells:
+            rows.append([abl, "n/a", "", "", "", cells["unavailable"]])
+            data.append([abl, None, None, None, None, cells["unavailable"]])
+            continue
+        for metric, cell in cells.items():
+            if "f" not in cell:
+                continue
+            verdict = "faithful" if cell["faithful"] else "not faithful"
+            rows.append([abl, METRIC_NAMES.get(metric, metric), num(cell["f"]), num(cell.get("random_mean")),
+                         num(cell.get("random_max")), verdict])
+            data.append([abl, metric, cell["f"], cell.get("random_mean"), cell.get("random_max"), verdict])
+    flips = " The verdict depends on the ablation or the metric." if c.get("verdict_flips") else ""
+    return Table("circuit_faithfulness", f"Faithfulness f of the {c['size']}-node circuit on "
+                 f"{(c.get('splits') or {}).get('test')} held-out test prompts under every ablation and metric, beside "
+                 f"the mean and the best of random circuits of its size; faithful: |1 - f| <= 0.1.{flips}",
+                 ["ablation", "metric", "f", "random mean", "random best", "verdict"], rows, data, align="llrrrl")
 
-    def add(what, value, bounds):
-        rows.append([what, *ci(value, bounds)])
-        data.append([what, value, *(bounds or [None, None])])
 
-    for key, what in (("faithfulness", "faithfulness (circuit kept, rest ablated)"),
-                      ("knockout", "circuit knocked out (share of full metric)")):
-        if v.get(key):
-            add(what, v[key]["value"], v[key].get("ci"))
-    if v.get("random"):
-        r = v["random"]
-        add(f"random circuits of {c['size']} heads (mean of {r['n_circuits']})", r["faithfulness_mean"], r.get("ci"))
-        rows.append(["random circuits at least as faithful (share)", num(r["share_at_least_circuit"]), ""])
-        data.append(["random circuits at least as faithful (share)", r["share_at_least_circuit"], None, None])
-    labels = {"full": "full model", "circuit": "circuit only", "knockout": "circuit knocked out",
-              "all_ablated": "all heads ablated"}
-    for k, label in labels.items():
-        if k in (v.get("metric") or {}):
-            add(f"{c['metric']}: {label}", v["metric"][k]["mean"], v["metric"][k].get("ci"))
-    return Table("ablation", f"Validation of the {c['task']} circuit by {c.get('ablation') or 'mean'} ablation over "
-                 f"{v.get('n_prompts')} prompts; 95% bootstrap confidence intervals.",
-                 ["quantity", "value", "95% CI"], rows, data, align="lrr",
-                 data_columns=["quantity", "value", "ci_low", "ci_high"])
+def circuit_robustness(results: dict) -> Table | None:
+    """The robustness matrix: each method's chosen circuit (sized on validation), task-metric f on test under every
+    ablation; a verdict (|1 - f| <= 0.1) that changes with the ablation or the metric is marked."""
+    c = results.get("circuit")
+    if not c or "missing" in c or not c.get("robustness"):
+        return None
+    ablations = list(ABLATION_ORDER)
+    rows, data = [], []
+    for r in c["robustness"]:
+        fs = [((r["cells"].get(a) or {}).get("task") or {}).get("f") for a in ablations]
+        rows.append([r["name"], r["granularity"], num(r["count"]), *(num(f) for f in fs),
+                     "yes" if r["verdict_flips"] else "no"])
+        data.append([r["name"], r["granularity"], r["count"], *fs, r["verdict_flips"]])
+    return Table("circuit_robustness", "Robustness: each method's circuit (its size chosen on validation), f of the task "
+                 "metric on test under every ablation; verdict flips: whether |1 - f| <= 0.1 holds under some ablations "
+                 "or metrics and not others.", ["method", "granularity", "size", *ablations, "verdict flips"], rows, data,
+                 align="llr" + "r" * len(ablations) + "l")
+
+
+def circuit_methods(results: dict) -> Table | None:
+    """Every discovery method's curve summary on test: CPR, CMD (95% intervals) and k*."""
+    c = results.get("circuit")
+    if not c or "missing" in c or not c.get("methods"):
+        return None
+    rows, data = [], []
+    for m in c["methods"]:
+        k_star = "never" if m["k_star"] is None else f"{m['k_star']:g}%"
+        rows.append([m["name"], m["granularity"], m["ablation"], *ci(m["cpr"], m.get("cpr_ci")),
+                     *ci(m["cmd"], m.get("cmd_ci")), k_star, num(m["seconds"], 1)])
+        data.append([m["name"], m["granularity"], m["ablation"], m["cpr"], m["cmd"], m["k_star"], m["seconds"]])
+    return Table("circuit_methods", "Discovery methods on test: CPR (area under f) and CMD (area under |1 - f|) over "
+                 "MIB's sizes with 95% bootstrap intervals; k*: the smallest size with |1 - f| <= 0.1.",
+                 ["method", "granularity", "ablation", "CPR", "95% CI", "CMD", "95% CI", "k*", "discovery s"], rows,
+                 data, align="lllrrrrrr",
+                 data_columns=["method", "granularity", "ablation", "cpr", "cmd", "k_star", "seconds"])
 
 
 def sae_metrics(results: dict) -> Table | None:
@@ -224,7 +257,7 @@ def layer_numbers(results: dict) -> Table | None:
                  "layer skipping.", ["quantity", "value"], rows, data, align="lr")
 
 
-TABLES = (circuit_heads, ablation, sae_metrics, dashboard_features, matching_pairs, matched_features, composition_edges,
+TABLES = (circuit_heads, circuit_faithfulness, circuit_methods, circuit_robustness, sae_metrics, dashboard_features, matching_pairs, matched_features, composition_edges,
           layer_numbers)
 
 

@@ -1,3 +1,3 @@
-"""Circuit discovery methods, one module a method, each scoring heads or edges: head selection by exact
-activation patching (``head_patching``), edge attribution (``edge_attribution``, EAP and EAP-IG), exact
-edge patching (``edge_patching``; both on the edge graph of ``edges``) and SAE codes (``sae_codes``)."""
+"""Circuit discovery methods, each scoring every node or edge of the computation graph so a circuit of size k
+keeps the best k: exact node patching (``node_patching``), EAP and EAP-IG (``attribution``), hard-concrete
+masks (``edge_pruning``) and greedy refinement on validation prompts (``greedy``)."""

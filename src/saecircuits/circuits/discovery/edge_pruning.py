@@ -7,7 +7,7 @@ divergence from the full model's next-token distribution (or minus the task metr
 pulling the expected share of kept edges to a target, ``lambda * (density - target)^2``. One
 training walks a schedule of falling targets; after each stage the edges are ranked by log_alpha, and
 a circuit of size k keeps the top k of the stage whose target is the smallest one at or above k.
-At ``node`` granularity the masks sit on heads and MLPs instead.
+At ``nodes`` granularity the masks sit on heads and MLPs instead; at ``heads``, on heads (every MLP kept).
 
 Under torchrun every process draws the same batch and masks, runs its share of the batch's prompts,
 and the mask gradients are averaged: the masks follow the single-process run (to float rounding).
@@ -63,10 +63,10 @@ class PruningResult:
 def edge_pruning(forward: MaskedForward, task: Task, config: PruningConfig, granularity: str = "edges",
                  progress: Callable[[dict], None] | None = None) -> PruningResult:
     """Train hard-concrete masks on ``task`` (its counterfactuals are the ablation) through ``config.targets``."""
-    if granularity not in ("edges", "nodes"):
-        raise SaecircuitsError(f"unknown granularity '{granularity}'", "choose edges or nodes")
+    if granularity not in ("edges", "nodes", "heads"):
+        raise SaecircuitsError(f"unknown granularity '{granularity}'", "choose edges, nodes or heads")
     g = forward.graph
-    n_units = g.n_edges if granularity == "edges" else g.n_nodes
+    n_units = g.n_units(granularity)
     pos = list(task.positions)
     with torch.no_grad():
         ablated = forward.sender_outputs(task.corrupted, config.batch_size)
@@ -88,7 +88,7 @@ def edge_pruning(forward: MaskedForward, task: Task, config: PruningConfig, gran
                 if granularity == "edges":
                     logits = forward.run(sub.clean, pos, ablated[:, idx], edges=g.edges_unflat(z, 0.0)[None])[0]
                 else:
-                    logits = forward.run(sub.clean, pos, ablated[:, idx], nodes=z[None])[0]
+                    logits = forward.run(sub.clean, pos, ablated[:, idx], nodes=g.node_masks(granularity, z)[None])[0]
                 if config.objective == "kl":
                     per_prompt = kl_to_full(full[idx], logits)
                 else:

@@ -18,13 +18,17 @@ from saecircuits.circuits.faithfulness import normalised
 
 
 def greedy_circuits(val: Evaluator, base: torch.Tensor, max_size: int, pool: int = 24, ablation: str = "counterfactual",
-                    metric: str = "task") -> dict[int, torch.Tensor]:
-    """Node circuits by size ([n_nodes] bool each), refined on ``val`` from the ranking ``base`` [n_nodes]."""
+                    metric: str = "task", fixed: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """Node circuits by size ([n_nodes] bool each), refined on ``val`` from the ranking ``base`` [n_nodes].
+
+    ``fixed`` [n_nodes] bool: nodes every circuit keeps (e.g. the MLPs, for head circuits); they are never
+    candidates and not counted in a circuit's size."""
     g = val.forward.graph
     n = len(base)
-    candidates = base.abs().argsort(descending=True)[:pool].tolist()
+    fixed = torch.zeros(n, dtype=torch.bool) if fixed is None else fixed
+    candidates = [c for c in base.abs().argsort(descending=True).tolist() if not fixed[c]][:pool]
     full, empty = val.full[metric], val.empty(ablation)[metric]
-    current = torch.zeros(n, dtype=torch.bool)
+    current = fixed.clone()
     best: dict[int, tuple[float, torch.Tensor]] = {}
 
     def gap(values: torch.Tensor) -> torch.Tensor:
@@ -45,21 +49,21 @@ def greedy_circuits(val: Evaluator, base: torch.Tensor, max_size: int, pool: int
         return out
 
     def record(mask: torch.Tensor, value: float) -> None:
-        size = int(mask.sum())
+        size = int((mask & ~fixed).sum())
         if size not in best or value < best[size][0]:
             best[size] = (value, mask.clone())
 
     record(current, float(gap(val.run(ablation, nodes=current[None])[metric])[0]))
     for _ in range(pool):
         outside = [c for c in candidates if not current[c]]
-        if not outside or int(current.sum()) >= max_size:
+        if not outside or int((current & ~fixed).sum()) >= max_size:
             break
         g_add = flips(outside)
         added = outside[int(g_add.argmin())]
         current[added] = True
         gap_now = float(g_add.min())
         record(current, gap_now)
-        members = [m for m in current.nonzero()[:, 0].tolist() if m != added]
+        members = [m for m in (current & ~fixed).nonzero()[:, 0].tolist() if m != added]
         if members:
             g_drop = flips(members)
             j = int(g_drop.argmin())
