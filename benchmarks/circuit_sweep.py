@@ -13,7 +13,8 @@ d_model for mixing every receiver's input; a backward pass counts twice a forwar
 measured / floor is what the implementation loses to memory traffic, Python and small matmuls.
 
 Run:   nice -n 19 python benchmarks/circuit_sweep.py                  (about an hour on 2 quiet cores)
-Smoke: python benchmarks/circuit_sweep.py --smoke                     (tiny sizes, a few minutes)
+Smoke: python benchmarks/circuit_sweep.py --smoke
+Also a result: ... --task greater_than --pruning-steps 15 --pruning-batch 8 --out circuits/results/greater_than-smollm2-135m                     (tiny sizes, a few minutes)
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def side_sweep(args: dict) -> dict:
     t = time.perf_counter()
     result = compare(model, cfg)
     seconds = time.perf_counter() - t
+    if args.get("out"):  # the run is also a result: written as `saecircuits circuit-methods` writes it
+        from saecircuits.circuits.comparison_files import write_comparison
+        from saecircuits.report.comparison import render
+
+        result["config"] = {**cfg.model_dump(), "model": args["model"], "seconds": seconds, "processes": 1}
+        write_comparison(result, args["out"], markdown=render)
     c = model.cfg
     params = sum(p.numel() for p in model.blocks.parameters())  # the unembedding runs at 1-2 positions: left out
     per_token = 2 * params + c.n_layers * 4 * 16 * c.d_model  # ~16 positions a prompt
@@ -78,14 +85,20 @@ def main() -> None:
     p.add_argument("--task", default="ioi")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--pruning-steps", type=int, default=None, help="edge-pruning steps per target (default: the config's)")
+    p.add_argument("--pruning-batch", type=int, default=None, help="edge-pruning prompts per step")
+    p.add_argument("--out", default=None, help="also write the comparison folder here (the last repeat's)")
     a = p.parse_args()
     config = {"task": a.task}
+    pruning = {k: v for k, v in (("steps", a.pruning_steps), ("batch_size", a.pruning_batch)) if v is not None}
+    if pruning:
+        config["pruning"] = pruning
     name = f"circuit_sweep_{a.task}_{a.model}"
     if a.smoke:
         config.update(n_train=4, n_val=4, n_test=4, random_draws=2, greedy_pool=3,
                       pruning={"targets": (0.5, 0.05), "steps": 2, "batch_size": 4})
         name += "_smoke"
-    runs = [("matmul", "matmul", {}), ("sweep", "sweep", {"model": a.model, "config": config})]
+    runs = [("matmul", "matmul", {}), ("sweep", "sweep", {"model": a.model, "config": config, "out": a.out})]
     out = harness.interleaved(__file__, runs, a.repeats)
     peak = harness.median(out["matmul"], "gflops")
     sweep = harness.median(out["sweep"], "seconds")
