@@ -342,6 +342,15 @@ _SEED = typer.Option(_COMPARE.seed, "--seed")
 _GREEDY_POOL = typer.Option(_COMPARE.greedy_pool, "--greedy-pool", help="Nodes greedy may add: the base ranking's top.")
 
 
+def _shared(task: str, n_train: int, n_val: int, n_test: int, pruning_steps: int, pruning_batch: int,
+            pruning_lr: float, pruning_objective: str, random_draws: int, greedy_pool: int, seed: int) -> dict:
+    """The ComparisonConfig settings that circuit and circuit-methods take from the same options."""
+    return {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test, "random_draws": random_draws,
+            "greedy_pool": greedy_pool, "seed": seed,
+            "pruning": {"steps": pruning_steps, "batch_size": pruning_batch, "lr": pruning_lr,
+                        "objective": pruning_objective}}
+
+
 @command(name="circuit")
 def circuit_cmd(
     out: Path = _OUT,
@@ -364,12 +373,10 @@ def circuit_cmd(
     """Find a task's circuit with one method on train prompts, choose its size on validation prompts, and score it on
     test prompts: its f(k) curve under --ablation beside random circuits, and the chosen circuit under every ablation."""
     methods = ("topk-patching", "greedy") if method == "greedy" else (method,)  # greedy refines patching's ranking
-    _comparison(model, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-                        "methods": (*methods, "random"), "granularities": (granularity,),
-                        "curve_ablations": (ablation,), "random_draws": random_draws, "seed": seed,
-                        "greedy_pool": greedy_pool, "pruning": {"steps": pruning_steps, "batch_size": pruning_batch,
-                                                               "lr": pruning_lr, "objective": pruning_objective}},
-                out, "circuit")
+    shared = _shared(task, n_train, n_val, n_test, pruning_steps, pruning_batch, pruning_lr, pruning_objective,
+                     random_draws, greedy_pool, seed)
+    _comparison(model, {**shared, "methods": (*methods, "random"), "granularities": (granularity,),
+                        "curve_ablations": (ablation,)}, out, "circuit")
 
 
 @command(name="circuit-methods")
@@ -393,11 +400,10 @@ def circuit_methods_cmd(
 ) -> None:
     """Compare circuit-discovery methods on held-out prompts: MIB curves (CPR, CMD, k*) under counterfactual and mean
     ablation, each method's circuit under every ablation and metric, and the reported head and edge circuits."""
-    _comparison(model, {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-                        "methods": tuple(method), "granularities": tuple(granularity),
-                        "random_draws": random_draws, "seed": seed, "greedy_pool": greedy_pool,
-                        "pruning": {"steps": pruning_steps, "batch_size": pruning_batch, "lr": pruning_lr,
-                                    "objective": pruning_objective}}, out, "circuit-methods")
+    shared = _shared(task, n_train, n_val, n_test, pruning_steps, pruning_batch, pruning_lr, pruning_objective,
+                     random_draws, greedy_pool, seed)
+    _comparison(model, {**shared, "methods": tuple(method), "granularities": tuple(granularity)}, out,
+                "circuit-methods")
 
 
 @command
