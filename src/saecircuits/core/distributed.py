@@ -33,6 +33,8 @@ from saecircuits.core.errors import SaecircuitsError
 
 # collectives wait this long for the slowest process (rank 0 may be building an activation cache)
 TIMEOUT = timedelta(hours=6)
+# at exit, how long a process waits for the others before leaving the group
+EXIT_WAIT = timedelta(minutes=10)
 
 
 def launched() -> bool:
@@ -61,8 +63,20 @@ def init(device: str = "cpu") -> bool:
 
 
 def _finish() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: wait for the other processes (rank 0 may still be writing), then leave the group.
+
+    Leaving while a peer is still connected aborts gloo ("terminate called without an active
+    exception"); a peer that already failed is waited for at most ``EXIT_WAIT``."""
+    if not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=EXIT_WAIT)
+        else:
+            dist.barrier()
+    except RuntimeError:
+        pass  # a peer is gone: nothing left to wait for
+    dist.destroy_process_group()
 
 
 def rank() -> int:
