@@ -20,6 +20,7 @@ import glob as globlib
 import hashlib
 import importlib.metadata
 import json
+import os
 import random
 import sysconfig
 from collections.abc import Iterator
@@ -115,8 +116,17 @@ def _read_text_file(path: Path) -> str:
         raise SaecircuitsError(f"cannot read {path}: {e.strerror}") from None
 
 
+def doc_names(files: list[Path]) -> dict[Path, str]:
+    """Each file's document id: its path below the files' common folder, so the train / eval split of a
+    corpus does not change when the corpus is moved or copied elsewhere."""
+    root = Path(os.path.commonpath([str(f.resolve().parent) for f in files])) if files else Path()
+    return {f: f.resolve().relative_to(root).as_posix() for f in files}
+
+
 def _file_documents(files: list[Path], text_field: str) -> Iterator[tuple[str, str]]:
+    names = doc_names(files)
     for path in files:
+        name = names[path]
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
             for i, line in enumerate(_read_text_file(path).splitlines()):
@@ -129,7 +139,7 @@ def _file_documents(files: list[Path], text_field: str) -> Iterator[tuple[str, s
                 if not isinstance(row, dict) or text_field not in row:
                     keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
                     raise SaecircuitsError(f"{path} line {i + 1} has no field '{text_field}' (it has: {keys})", "set text_field")
-                yield f"{path}:{i}", str(row[text_field])
+                yield f"{name}:{i}", str(row[text_field])
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -140,9 +150,9 @@ def _file_documents(files: list[Path], text_field: str) -> Iterator[tuple[str, s
             if text_field not in table.column_names:
                 raise SaecircuitsError(f"{path} has no column '{text_field}' (it has: {', '.join(table.column_names)})", "set text_field")
             for i, text in enumerate(table.column(text_field).to_pylist()):
-                yield f"{path}:{i}", str(text)
+                yield f"{name}:{i}", str(text)
         else:
-            yield str(path), _read_text_file(path)
+            yield name, _read_text_file(path)
 
 
 def _hf_documents(cfg: TextConfig) -> Iterator[tuple[str, str]]:
@@ -275,7 +285,7 @@ def _pretokenized(cfg: TextConfig, split: Split) -> Iterator[np.ndarray]:
     order = list(range(len(rows)))
     random.Random(cfg.seed).shuffle(order)
     for i in order:
-        if in_eval_split(f"{path}:{i}", cfg.eval_fraction) == (split == "eval"):
+        if in_eval_split(f"{Path(path).name}:{i}", cfg.eval_fraction) == (split == "eval"):  # moving the file keeps the split
             yield rows[i, : cfg.context_size].astype(np.int64)
 
 
