@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from saecircuits.core.files import ensure_dir, write_text
+from saecircuits.core.records import ABSENT
 from saecircuits.layerwise.results import ContributionsResult, LensResult, SkipResult
 from saecircuits.report.comparison import ABLATION_ORDER, METRIC_NAMES
 
@@ -236,6 +237,8 @@ def layer_numbers(results: dict) -> Table | None:
     rows, data = [], []
 
     def add(what, value):
+        if value is None or value is ABSENT:  # an analysis file written without this number
+            return
         rows.append([what, value if isinstance(value, str) else num(value)])
         data.append([what, value])
 
