@@ -183,3 +183,12 @@ def induction_model():
     assert facts["loss_repeated"] < 0.25 * facts["log_vocab"], f"the induction model did not learn: {facts}"
     assert max(facts["prev_token_scores"]) > 0.5, f"no previous-token head formed: {facts}"
     return model, facts
+
+
+@pytest.fixture(scope="session")
+def fx(tmp_path_factory, byte_tokenizer):
+    """The reliability fixtures (tests/reliability_cases.py: tiny Llama, text, a finished run, its SAE,
+    dashboards, a cache), built once for the reliability and interrupt tests."""
+    import reliability_cases as rc
+
+    return rc.make_fixtures(tmp_path_factory.mktemp("reliability"), byte_tokenizer)

@@ -294,12 +294,45 @@ def bad_inputs(fx: Fixtures, work: Path) -> list[Case]:
                  r"task 'list_recall' has no held-out train / val / test splits", ["--task", "list_recall"])
     circuit_case("circuit_one_test_prompt", "one test prompt (no bootstrap)", r"field 'n_test'.*greater than or equal to 2",
                  ["--test", "1"])
-    circuit_case("circuit_nan_learning_rate", "a NaN pruning learning rate", r"field 'pruning.lr'.*greater than 0",
+    circuit_case("circuit_nan_learning_rate", "a NaN pruning learning rate", r"field 'pruning.lr'.*finite number",
                  ["--pruning-lr", "nan"])
     circuit_case("circuit_unknown_granularity", "an unknown granularity", r"granularities", ["--granularity", "layers"])
     cases.append(Case("circuit_out_is_file", "a circuit's output folder is a file",
                       ["circuit", "--model", str(fx.model), "--task", "induction", "--out", str(work / "a-file")],
                       r"output path .*a-file is a file, not a folder"))
+    circuit_case("circuit_negative_random", "a negative number of random circuits", r"field 'random_draws'.*greater than",
+                 ["--random", "-1"])
+
+    # ---- numeric options: NaN, out of range, malformed (one error line, before any work)
+    m = str(fx.model)
+
+    def option_case(name: str, what: str, expect: str, argv: list[str]) -> None:
+        out = work / f"{name}-out"
+        cases.append(Case(name, what, [a if a != "OUT" else str(out) for a in argv], expect, must_not_exist=out))
+
+    option_case("heads_nan_min_z", "heads --min-z nan (kept every edge's NaN comparison false: an empty graph)",
+                r"field 'min_z'.*finite number", ["heads", "--model", m, "--out", "OUT", "--min-z", "nan"])
+    option_case("heads_negative_top", "a negative --top", r"Invalid value for '--top'.*greater than or equal to 0",
+                ["heads", "--model", m, "--out", "OUT", "--top", "-1"])
+    option_case("unknown_option", "a misspelt option", r"No such option: --null-drws",
+                ["heads", "--model", m, "--out", "OUT", "--null-drws", "8"])
+    option_case("heads_out_is_file", "the heads output folder is a file", r"a-file is a file, not a folder",
+                ["heads", "--model", m, "--out", str(work / "a-file")])
+    option_case("match_cosine_above_one", "match --min-cos 2 (no cosine reaches it: nothing links)",
+                r"Invalid value for '--min-cos'", ["match", "--sae-a", str(fx.sae), "--sae-b", str(fx.sae), "--mode",
+                                                   "chains", "--out", "OUT", "--min-cos", "2"])
+    option_case("probe_nan_test_fraction", "layers probe --test-fraction nan", r"field 'test_fraction'.*finite number",
+                ["layers", "probe", "--model", m, "--out", "OUT", "--test-fraction", "nan"])
+    option_case("probe_sae_of_another_width", "layers probe with an SAE whose width is not the model's",
+                r"takes inputs of width 16, but blocks.1.hook_resid_post .* width 32",
+                ["layers", "probe", "--model", m, "--out", "OUT", "--sae", str(_narrow_sae(work / "probe-narrow"))])
+    option_case("tuned_lens_zero_lr", "layers tuned-lens --lr 0", r"field 'lr'.*greater than 0",
+                ["layers", "tuned-lens", "--model", m, "--out", "OUT", "--lr", "0", "--text", str(fx.text)])
+    option_case("circuit_prompts_beyond_memory", "circuit --train 100000000 (ran for hours with rising memory)",
+                r"100,000,\d+ prompts .* need about [\d.]+ GiB; [\d.]+ GiB is free \(lower --train, --val and --test to [\d,]+",
+                ["circuit", "--model", m, "--task", "induction", "--out", "OUT", "--train", "100000000"])
+    option_case("circuit_text_for_a_number", "a word where a number goes", r"Invalid value for '--train'",
+                ["circuit", "--model", m, "--task", "induction", "--out", "OUT", "--train", "many"])
     return cases
 
 

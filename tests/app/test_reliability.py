@@ -22,6 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import reliability_cases as rc
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -35,13 +36,6 @@ from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import read_json
 from saecircuits.core.tensors import load_tensors, tensors_metadata
 from saecircuits.training.config import SWEEPABLE, TrainConfig
-
-import reliability_cases as rc
-
-
-@pytest.fixture(scope="module")
-def fx(tmp_path_factory, byte_tokenizer) -> rc.Fixtures:
-    return rc.make_fixtures(tmp_path_factory.mktemp("reliability"), byte_tokenizer)
 
 
 def cli(*argv: str) -> None:

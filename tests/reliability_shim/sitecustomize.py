@@ -7,6 +7,9 @@ Nothing here is library code; each instrument is off unless its environment vari
   command reached for no network.
 - ``RELIABILITY_SLOW_FORWARD=SECONDS``: every model forward that harvests activations sleeps first, so a
   run lasts long enough for a test to SIGKILL it right after a checkpoint it polls for appears.
+- ``RELIABILITY_WRITE_DELAY=SECONDS`` with ``RELIABILITY_MARKS=DIR``: every ``os.replace`` (how every
+  file and staged folder is put in place) sleeps first, and notes in DIR when the first file ("write")
+  and the first folder ("swap") are renamed, so a test can interrupt a command at those moments.
 - ``RELIABILITY_PEAK_LOG=PATH``: at exit, the process's peak resident memory (VmHWM of /proc/self/status,
   kB) is written to PATH.
 """
@@ -76,3 +79,22 @@ if os.environ.get("RELIABILITY_PEAK_LOG"):
             f.write(str(kb))
 
     atexit.register(_peak)
+
+if os.environ.get("RELIABILITY_WRITE_DELAY"):
+    import time
+    from pathlib import Path
+
+    _write_delay = float(os.environ["RELIABILITY_WRITE_DELAY"])
+    _marks = Path(os.environ["RELIABILITY_MARKS"])
+    _replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        """Every atomic rename waits first; the first rename of a file notes "write" in the marks folder and
+        the first of a folder (a staged output swapped in) notes "swap", so a test can signal the process then."""
+        mark = _marks / ("swap" if os.path.isdir(src) else "write")
+        if not mark.exists():
+            mark.touch()
+        time.sleep(_write_delay)
+        return _replace(src, dst, *args, **kwargs)
+
+    os.replace = replace

@@ -210,7 +210,7 @@ def match(
     sample_tokens: int = typer.Option(_MATCH["sample_tokens"], "--sample-tokens", min=0, help="Tokens kept for activation-space similarity."),
     alignment: str = typer.Option(_MATCH["alignment"], "--alignment", help="boundary | cover (cross-model token alignment rule)"),
     drop_outlier_norm: float = typer.Option(_MATCH["drop_outlier_norm"], "--drop-outlier-norm", help="Leave out tokens whose input norm is this many times the median (0: keep all)."),
-    min_cos: float = typer.Option(0.5, "--min-cos", help="chains / flow: weakest decoder cosine that links two features."),
+    min_cos: float = typer.Option(0.5, "--min-cos", min=-1.0, max=1.0, help="chains / flow: weakest decoder cosine that links two features."),
     flow_direction: str = typer.Option("decoder", "--flow-direction", help="flow: compare each feature's decoder or encoder direction"),
     batch_contexts: int = typer.Option(_MATCH["batch_contexts"], "--batch-contexts", min=1),
     seed: int = typer.Option(_MATCH["seed"], "--seed"),
@@ -430,5 +430,8 @@ def main() -> None:
     if "--debug" in sys.argv[2:]:  # accept --debug anywhere, not only before the command
         sys.argv.remove("--debug")
         sys.argv.insert(1, "--debug")
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # a Ctrl-C outside any command (while starting up or exiting): no traceback
+        sys.exit(130)
 

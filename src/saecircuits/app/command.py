@@ -3,19 +3,51 @@ so that an error prints as one line with exit status 2 (a traceback with --debug
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer._click import exceptions as click_errors  # typer 0.29 carries its own click
+from typer.core import TyperGroup
 
 from saecircuits.core.errors import SaecircuitsError
 
+
+class _OneLineErrors(TyperGroup):
+    """The top-level group: a bad option value or an unknown option is one ``error:`` line and exit status 2,
+    as every other refusal is (click would draw a usage box)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as e:
+            if e.ctx is not None:
+                console.print(e.ctx.get_help(), highlight=False)
+            sys.exit(2)
+        except click_errors.ClickException as e:
+            where = e.ctx.command_path if getattr(e, "ctx", None) else "saecircuits"
+            console.print(f"[bold red]error:[/bold red] {escape(e.format_message())} (see {where} --help)",
+                          highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            console.print("[yellow]interrupted[/yellow]")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="saecircuits",
+    cls=_OneLineErrors,
     help="Train sparse autoencoders on language-model activations, match features, find and validate circuits.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -30,6 +62,28 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug or bool(os.environ.get("SAECIRCUITS_DEBUG"))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``kill``'s stop), raised where the command is, so it unwinds like Ctrl-C:
+    staged output folders are removed and the previous output stays as it was."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``Terminated`` (main thread only: signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = None, name: str | None = None,
             resumes: bool = False) -> Any:
     """Register a command whose SaecircuitsErrors print as one line and exit with status 2.
@@ -42,16 +96,18 @@ def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = No
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _terminate_as_interrupt():
+                return fn(*args, **kwargs)
         except SaecircuitsError as e:
             if _state["debug"]:
                 raise
             console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]; " + ("finished work is kept, rerun to resume" if resumes else
+        except KeyboardInterrupt as e:
+            what = "terminated" if isinstance(e, Terminated) else "interrupted"
+            console.print(f"[yellow]{what}[/yellow]; " + ("finished work is kept, rerun to resume" if resumes else
                                                               "this command does not resume: rerun it from the start"))
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
         except MemoryError:
             if _state["debug"]:
                 raise

@@ -195,6 +195,8 @@ def layers_probe(
     lm = m.load(model)
     labelled = probes.load(lm, data, n_per_class, n_tokens, seed)
     saes = {p.name: sae_format.load(p) for p in (sae or [])}
+    for p in sae or []:
+        sae_format.check_fits(saes[p.name], lm, p)
     r = ProbeResult.from_json(probes.measure(lm, labelled, cfg, saes))
     console.print(f"{r.n_examples} texts ({', '.join(r.classes)}): best held-out accuracy {r.best_accuracy:.3f} "
                   f"at layer {r.best_layer}; within 0.02 of it from layer {r.concept_depth}")

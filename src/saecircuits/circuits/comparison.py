@@ -28,6 +28,7 @@ from saecircuits.circuits.masked_forward import MaskedForward
 from saecircuits.circuits.splits import build_splits
 from saecircuits.circuits.sweep import random_masks, run_masks, summarise, top_k
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.core.memory import check_fits
 
 TOLERANCE = 0.1
 
@@ -155,10 +156,24 @@ def reported(test: Evaluator, chosen: dict, cfg: ComparisonConfig) -> dict:
     return out
 
 
+def check_prompts_fit(forward: MaskedForward, cfg: ComparisonConfig) -> float:
+    """Refuse split sizes whose cached activations (every sender's output at every position of each prompt and
+    its counterfactual, float32) cannot fit in free memory, before any prompt is built; returns the bytes."""
+    try:  # a prompt's length, from a few prompts of the task
+        length = build_splits(cfg.task, forward.model, 2, 2, 8, cfg.seed).test.clean.shape[1]
+    except SaecircuitsError:
+        return 0.0  # the task cannot make even these: building the real splits says why
+    per_prompt = 2 * (forward.graph.n_nodes + 1) * length * forward.model.cfg.d_model * 4
+    return check_fits("prompts (--train + --val + --test)", cfg.n_train + cfg.n_val + cfg.n_test, per_prompt,
+                      "--train, --val and --test")
+
+
 def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str], None] = lambda s: None) -> dict:
     """The whole comparison for one task and model: {"methods": [...], "circuit": {...}, "robustness": [...]}."""
-    splits = build_splits(cfg.task, model, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
     forward = MaskedForward(model)
+    need = check_prompts_fit(forward, cfg)
+    note(f"{cfg.n_train + cfg.n_val + cfg.n_test:,} prompts: about {need / 2**30:.2f} GiB of cached activations")
+    splits = build_splits(cfg.task, model, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
     g = forward.graph
     test = Evaluator(forward, splits.test, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)
     val = Evaluator(forward, splits.val, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)

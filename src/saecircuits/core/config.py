@@ -14,9 +14,10 @@ C = TypeVar("C", bound="Config")
 
 
 class Config(BaseModel):
-    """Base of every config: unknown fields are errors, values are checked on assignment."""
+    """Base of every config: unknown fields are errors, values are checked on assignment, and no float
+    is NaN or infinite (a NaN passes every range check and then silently selects nothing)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 def describe_validation_error(err: ValidationError, where: str) -> str:

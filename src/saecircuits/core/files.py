@@ -12,7 +12,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,18 +172,35 @@ def refuse_pickle(path: str | Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (main thread only), so a short group of writes (a folder
+    swap, a result's JSON and its figures) happens whole; a signal that came meanwhile is acted on after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def replace_dir(tmp_dir: Path, target: Path) -> None:
-    """Move a fully written folder into place; an existing target is swapped out, then removed."""
+    """Move a fully written folder into place; an existing target is swapped out, then removed.
+    The two renames are not split by Ctrl-C or SIGTERM (``uninterrupted``)."""
     target = Path(target)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp_dir, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, target)
-    _fsync_dir(target.parent)
+    with uninterrupted():
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp_dir, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, target)
+        _fsync_dir(target.parent)
 
 
 @contextlib.contextmanager

@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saecircuits.activations.site import Site
-from saecircuits.activations.store import ModelActivations, site_widths
+from saecircuits.activations.store import ModelActivations
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.core.files import ensure_dir, read_json, recover_dir, staged_dir, write_json, write_text
@@ -123,19 +122,6 @@ def _save_checkpoint(folder: Path, stats: FeatureStats, state: dict) -> None:
         write_json(tmp / "state.json", state)
 
 
-def _sae_site(cfg: DashboardConfig, sae, model) -> Site:
-    """The hook site the SAE reads, checked to exist in ``model`` with the SAE's input width."""
-    site = Site.parse(sae.cfg.hook)
-    try:
-        width = site_widths(model, [site])[site.key]
-    except SaecircuitsError as e:
-        raise SaecircuitsError(f"the SAE in {cfg.sae} reads {sae.cfg.hook}: {e.message}", e.hint) from None
-    if width != sae.d_in:
-        raise SaecircuitsError(f"the SAE in {cfg.sae} takes inputs of width {sae.d_in}, but {sae.cfg.hook} of "
-                               f"{model.cfg.model_name} has width {width}", "use the model the SAE was trained on")
-    return site
-
-
 def _resume(folder: Path, fp: str, stats: FeatureStats, restart: bool) -> dict:
     """The checkpoint in ``folder`` loaded into ``stats`` (discarded first with ``restart``): its state
     (batches done, exhausted, seconds, done), or a fresh state when there is none."""
@@ -153,7 +139,7 @@ def _resume(folder: Path, fp: str, stats: FeatureStats, restart: bool) -> dict:
 
 def stats_pass(cfg: DashboardConfig, sae, model, out: Path, restart: bool = False, progress: bool = True) -> dict:
     """Run the model and the SAE over the text once, in batches; checkpointed and resumable."""
-    site = _sae_site(cfg, sae, model)
+    site = sae_format.check_fits(sae, model, cfg.sae)
     acts = ModelActivations(model, [site], forward=cfg.forward)
     stats = _new_stats(cfg, sae.d_sae)
     fp = _fingerprint(cfg, cfg.sae, model)

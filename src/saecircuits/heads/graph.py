@@ -40,7 +40,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, write_json, write_text
+from saecircuits.core.files import check_output_dir, ensure_dir, staged_dir, write_json, write_text
 from saecircuits.core.tensors import save_tensors
 from saecircuits.heads.config import HeadGraphConfig
 from saecircuits.model.hooks import head_name
@@ -408,20 +408,23 @@ def run(model: str | HookedTransformer, out: str | Path, cfg: HeadGraphConfig | 
 
     ``model``: a name for ``saecircuits.model.loading.load`` or a loaded model. Returns the summary: the time
     the graph took (seconds, model loading excluded), sizes, and the top edges of each kind by z-score.
+    ``out`` is written whole: staged beside it and swapped in, so an interrupted run leaves the previous one.
     """
     cfg = cfg or HeadGraphConfig()
+    target = check_output_dir(out)  # before loading the model
     if isinstance(model, str):
         model = load(model)
     start = time.perf_counter()
     graph, scores = weight_graph(model, cfg)
     seconds = time.perf_counter() - start
-    paths = save(graph, scores, out)
-    summary = {
-        "model": getattr(model.cfg, "model_name", ""), "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
-        "n_key_value_heads": model.cfg.n_key_value_heads or model.cfg.n_heads, "seconds": seconds,
-        "pairs": int((~scores["Q"].isnan()).sum()), "edges": graph.number_of_edges(), "config": cfg.model_dump(),
-        "top_edges": {kind: top_edges(scores, kind, 10) for kind in KINDS},
-        "files": {k: str(v) for k, v in paths.items()},
-    }
-    write_json(Path(out) / "summary.json", summary)
+    with staged_dir(target, f".{target.name}-") as tmp:
+        paths = save(graph, scores, tmp)
+        summary = {
+            "model": getattr(model.cfg, "model_name", ""), "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
+            "n_key_value_heads": model.cfg.n_key_value_heads or model.cfg.n_heads, "seconds": seconds,
+            "pairs": int((~scores["Q"].isnan()).sum()), "edges": graph.number_of_edges(), "config": cfg.model_dump(),
+            "top_edges": {kind: top_edges(scores, kind, 10) for kind in KINDS},
+            "files": {k: str(target / v.name) for k, v in paths.items()},
+        }
+        write_json(tmp / "summary.json", summary)
     return summary

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from saecircuits.core import files  # noqa: E402
-from saecircuits.core.files import ensure_dir, write_json  # noqa: E402
+from saecircuits.core.files import ensure_dir, uninterrupted, write_json  # noqa: E402
 from saecircuits.layerwise.results import (  # noqa: E402
     ContributionsResult,
     LayerResult,
@@ -34,8 +34,10 @@ def write(out: str | Path, name: str, result: LayerResult | dict) -> dict:
     returns the paths written."""
     out = ensure_dir(out)
     typed = _typed(result)
-    json_path = write_json(out / f"{name}.json", typed.to_json())
-    return {"json": str(json_path), "figures": [str(p) for p in save_figure(draw(typed), out, name)]}
+    figure = draw(typed)  # all the work first; then the files are written together, not split by an interrupt
+    with uninterrupted():
+        json_path = write_json(out / f"{name}.json", typed.to_json())
+        return {"json": str(json_path), "figures": [str(p) for p in save_figure(figure, out, name)]}
 
 
 def draw(result: LayerResult | dict):

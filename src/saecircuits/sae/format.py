@@ -106,6 +106,22 @@ def save(
     return folder
 
 
+def check_fits(sae: SparseAutoencoder, model, where: str | Path) -> Site:
+    """The hook site ``sae`` (read from ``where``) reads, checked to exist in ``model`` (a HookedTransformer)
+    with the SAE's input width: one clear error instead of a shape mismatch deep in a forward pass."""
+    from saecircuits.activations.store import site_widths
+
+    site = Site.parse(sae.cfg.hook)
+    try:
+        width = site_widths(model, [site])[site.key]
+    except SaecircuitsError as e:
+        raise SaecircuitsError(f"the SAE in {where} reads {sae.cfg.hook}: {e.message}", e.hint) from None
+    if width != sae.d_in:
+        raise SaecircuitsError(f"the SAE in {where} takes inputs of width {sae.d_in}, but {sae.cfg.hook} of "
+                               f"{model.cfg.model_name} has width {width}", "use the model the SAE was trained on")
+    return site
+
+
 def _saelens_format_version() -> str:
     """The SAELens version whose format ``save`` writes: the installed one, else the first of the 6.x format."""
     try:
