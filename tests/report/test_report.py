@@ -549,3 +549,22 @@ def test_a_report_folder_always_holds_one_whole_report(tmp_path, monkeypatch):
     with pytest.raises(SaecircuitsError, match="not a report"):
         write_report(results, mine)
     assert (mine / "notes.txt").read_text() == "a user's file"
+
+
+def test_the_report_command_names_each_section_it_leaves_out(tmp_path):
+    """A run without its heads stage: the console says the section is left out, why, and how to make it."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from saecircuits.app.cli import app
+
+    run = make_run(tmp_path / "run")
+    shutil.rmtree(run / "heads")
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "out"), "--no-attention"])
+    assert result.exit_code == 0, result.stderr
+    lines = [ln for ln in result.stderr.replace("\n", " ").split("left out:")[1:]]
+    said = " ".join(lines)
+    assert "heads: the heads stage has not finished" in said and "saecircuits demo --out" in said
+    assert "attention: attention patterns were not computed (--no-attention)" in said
+    assert "training:" not in said  # present sections are not named

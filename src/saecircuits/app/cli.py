@@ -415,12 +415,17 @@ def report(
                                    help="Load the model to draw the circuit heads' attention patterns (when the circuit results lack them)."),
 ) -> None:
     """The circuit report of a run: index.html (self-contained), report.md, figures (PDF+PNG), LaTeX tables, results.json."""
+    from saecircuits.core.files import read_json
     from saecircuits.report import regenerate, report_run
 
     if (run_dir is None) == (from_json is None):
         raise SaecircuitsError("give either RUN_DIR or --from results.json (exactly one)",
                                "saecircuits report runs/demo, or saecircuits report --from runs/demo/report/results.json --out DIR")
     paths = regenerate(from_json, out) if from_json else report_run(run_dir, out, attention=attention)
+    results = read_json(paths["results"], what="report results")
+    for section, value in results.items():  # say what the report leaves out, and why, not only in the HTML
+        if isinstance(value, dict) and "missing" in value:
+            console.print(f"[yellow]left out:[/yellow] {section}: {escape(str(value['missing']))}", highlight=False)
     console.print(f"report: {paths['html']} (also {paths['markdown'].name}, figures/ with {len(paths['figures'])} "
                   f"figures, tables/ with {len(paths['tables'])} LaTeX tables, {paths['results'].name})")
 

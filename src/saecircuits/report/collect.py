@@ -93,7 +93,8 @@ class _Context:
 def _section(ctx: _Context, stage: str, fn) -> dict:
     marker = ctx.run / stage / "stage.json"
     if not marker.is_file():
-        return {"missing": f"the {stage} stage has not finished ({stage}/stage.json is absent)"}
+        return {"missing": f"the {stage} stage has not finished ({stage}/stage.json is absent); "
+                           f"finish it with: saecircuits demo --out {ctx.run}"}
     return fn()
 
 
