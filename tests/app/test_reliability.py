@@ -342,3 +342,11 @@ def test_html_outputs_escape_all_text(fx, tmp_path):
         shown += "".join(parser.text)
     assert "onmouseover=alert(3)" in shown  # the folder name, as text
     assert re.search(r"a\W*l\W*e\W*r\W*t", shown)  # the corpus's markup, as (tokenised) text
+
+
+def test_lens_says_on_the_console_when_it_follows_the_first_of_several_answer_tokens(fx, tmp_path):
+    result = CliRunner().invoke(app, ["layers", "lens", "--model", str(fx.model), "--prompt", "abc ab", "--answer", "cd",
+                                      "--out", str(tmp_path / "lens")])
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "answer 'cd' is 2 tokens; the lens follows its first, 'c'" in said

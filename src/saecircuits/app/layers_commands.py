@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from saecircuits.app.command import command, console
 from saecircuits.core.config import validate
@@ -76,6 +77,11 @@ def layers_lens(
         more_p, more_a = lenslib.read_prompts(str(prompts))
         ps, ans = ps + more_p, ans + more_a
     lm = m.load(model)
+    for a in ans:  # the lens follows one token: say so when an answer is several
+        ids = lm.to_tokens(a, prepend_bos=False)[0].tolist()
+        if len(ids) > 1:
+            console.print(f"[yellow]note:[/yellow] answer {escape(repr(a))} is {len(ids)} tokens; the lens follows its "
+                          f"first, {escape(repr(lm.tokenizer.decode(ids[:1])))}", highlight=False)
     lens = tunedlib.load(tuned, lm) if tuned else None
     if task:
         r = LensResult.from_json(lenslib.logit_lens(lm, lens=lens, **lenslib.task_prompts(lm, task, n)))
