@@ -331,6 +331,11 @@ def bad_inputs(fx: Fixtures, work: Path) -> list[Case]:
     option_case("circuit_prompts_beyond_memory", "circuit --train 100000000 (ran for hours with rising memory)",
                 r"100,000,\d+ prompts .* need about [\d.]+ GiB; [\d.]+ GiB is free \(lower --train, --val and --test to [\d,]+",
                 ["circuit", "--model", m, "--task", "induction", "--out", "OUT", "--train", "100000000"])
+    (work / "words.yaml").write_text("names: [Ann, Ann]\n")
+    option_case("circuit_repeated_words", "a --words file whose names repeat", r"word list 'names' must hold distinct",
+                ["circuit", "--model", m, "--task", "ioi", "--out", "OUT", "--words", str(work / "words.yaml")])
+    option_case("circuit_multi_token_names", "IOI on a tokenizer that splits every name (advice must be followable)",
+                r"single tokens for llama.*--words FILE", ["circuit", "--model", m, "--task", "ioi", "--out", "OUT"])
     option_case("circuit_text_for_a_number", "a word where a number goes", r"Invalid value for '--train'",
                 ["circuit", "--model", m, "--task", "induction", "--out", "OUT", "--train", "many"])
     return cases

@@ -59,7 +59,25 @@ def test_word_tasks_refuse_a_tokenizer_that_splits_the_words(tiny_model):
         build_splits("greater_than", tiny_model, 4, 4, 4)
 
 
+def test_word_tasks_say_how_to_give_your_own_words(tiny_model):
+    with pytest.raises(SaecircuitsError, match=r"--words FILE \(YAML or JSON: names: \[\.\.\.\]\)"):
+        build_splits("ioi", tiny_model, 4, 4, 4)
+    with pytest.raises(SaecircuitsError, match="unknown word list.*colours"):
+        build_splits("ioi", tiny_model, 4, 4, 4, words={"colours": ("red",)})
+
+
 # --- the real default model ----------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+def test_ioi_splits_draw_only_the_names_a_user_gives(smollm2):
+    mine = tuple(sorted(prompts.single_token_words(smollm2, prompts.NAMES))[-18:]) + ("Zyxwvutsrq",)
+    splits = build_splits("ioi", smollm2, 4, 4, 8, seed=0, words={"names": mine})
+    drawn = set().union(*(set(p.pool) for p in splits.parts.values()))
+    assert drawn <= set(mine[:-1]) and len(drawn) >= 15  # the multi-token name is left out
+    ids = {smollm2.to_single_token(" " + n) for n in mine[:-1]}
+    for task in splits.tasks().values():
+        assert set(task.answers.tolist()) <= ids
 
 @pytest.fixture(scope="module")
 def ioi_splits(smollm2):

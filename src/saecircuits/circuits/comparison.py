@@ -160,7 +160,7 @@ def check_prompts_fit(forward: MaskedForward, cfg: ComparisonConfig) -> float:
     """Refuse split sizes whose cached activations (every sender's output at every position of each prompt and
     its counterfactual, float32) cannot fit in free memory, before any prompt is built; returns the bytes."""
     try:  # a prompt's length, from a few prompts of the task
-        length = build_splits(cfg.task, forward.model, 2, 2, 8, cfg.seed).test.clean.shape[1]
+        length = build_splits(cfg.task, forward.model, 2, 2, 8, cfg.seed, cfg.words).test.clean.shape[1]
     except SaecircuitsError:
         return 0.0  # the task cannot make even these: building the real splits says why
     per_prompt = 2 * (forward.graph.n_nodes + 1) * length * forward.model.cfg.d_model * 4
@@ -172,8 +172,9 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
     """The whole comparison for one task and model: {"methods": [...], "circuit": {...}, "robustness": [...]}."""
     forward = MaskedForward(model)
     need = check_prompts_fit(forward, cfg)
-    note(f"{cfg.n_train + cfg.n_val + cfg.n_test:,} prompts: about {need / 2**30:.2f} GiB of cached activations")
-    splits = build_splits(cfg.task, model, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
+    if need:
+        note(f"{cfg.n_train + cfg.n_val + cfg.n_test:,} prompts: about {need / 2**30:.2f} GiB of cached activations")
+    splits = build_splits(cfg.task, model, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed, cfg.words)
     g = forward.graph
     test = Evaluator(forward, splits.test, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)
     val = Evaluator(forward, splits.val, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)

@@ -56,6 +56,16 @@ class ComparisonConfig(Config):
     batch_size: int = Field(16, ge=1)
     n_boot: int = Field(1000, ge=10)
     seed: int = 0
+    words: dict[Literal["names", "places", "objects", "year_nouns"], tuple[str, ...]] | None = Field(
+        None, description="word lists replacing the built-in ones (only their single-token words are used)")
+
+    @field_validator("words")
+    @classmethod
+    def _word_lists(cls, v: dict | None) -> dict | None:
+        for kind, ws in (v or {}).items():
+            if not ws or any(not w.strip() for w in ws) or len(set(ws)) != len(ws):
+                raise ValueError(f"word list '{kind}' must hold distinct, non-blank words")
+        return v
 
     @field_validator("task")
     @classmethod

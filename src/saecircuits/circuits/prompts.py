@@ -105,7 +105,9 @@ def need_words(model: HookedTransformer, what: str, found: dict, k: int) -> None
     if len(found) < k:
         raise SaecircuitsError(f"only {len(found)} of the candidate {what} are single tokens for "
                                f"{model.cfg.model_name}; the task needs at least {k}",
-                               "this tokenizer splits common words; pass your own word lists")
+                               f"this tokenizer splits common words; give your own single-token {what} to saecircuits "
+                               f"circuit / circuit-methods with --words FILE (YAML or JSON: {what.replace(' ', '_')}: "
+                               "[...])")
 
 
 def tokenize_pairs(model: HookedTransformer, name: str, clean: list[str], corrupted: list[str],

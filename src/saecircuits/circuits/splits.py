@@ -59,6 +59,8 @@ from saecircuits.model.loading import special_token_ids
 SPLITS = ("train", "val", "test")
 # greater-than's held-out phrasing, used only in test (same fields as prompts.YEAR_TEMPLATE)
 YEAR_TEMPLATE_TEST = "The {noun} ran from the year {start} until the year {end}"
+# the built-in word lists a user may replace (``--words FILE``): only single-token words are used
+WORD_LISTS = {"names": NAMES, "places": IOI_PLACES, "objects": IOI_OBJECTS, "year_nouns": YEAR_NOUNS}
 OVERSAMPLE = 3  # candidate prompts a prompt asked for (pairs tokenizing to another length are dropped)
 
 
@@ -94,8 +96,11 @@ class TaskSplits:
 
 
 def build_splits(name: str, model: HookedTransformer, n_train: int, n_val: int, n_test: int,
-                 seed: int = 0) -> TaskSplits:
-    """Disjoint train / validation / test prompt sets of task ``name`` (one of ``SPLIT_BUILDERS``)."""
+                 seed: int = 0, words: dict[str, tuple[str, ...]] | None = None) -> TaskSplits:
+    """Disjoint train / validation / test prompt sets of task ``name`` (one of ``SPLIT_BUILDERS``).
+
+    ``words``: word lists that replace the built-in ones (``WORD_LISTS`` keys), for tokenizers that split
+    the built-in words."""
     key = task_key(name)
     if key not in TASKS:
         raise SaecircuitsError(f"unknown task '{name}'", f"choose one of: {', '.join(TASKS)}")
@@ -106,7 +111,12 @@ def build_splits(name: str, model: HookedTransformer, n_train: int, n_val: int, 
     for split, n in sizes.items():
         if n < 1:
             raise SaecircuitsError(f"{key}: the {split} split needs at least 1 prompt, got {n}")
-    return SPLIT_BUILDERS[key](model, sizes, seed)
+    unknown = set(words or {}) - set(WORD_LISTS)
+    if unknown:
+        raise SaecircuitsError(f"unknown word list(s) {', '.join(sorted(unknown))}",
+                               f"word lists: {', '.join(WORD_LISTS)}")
+    lists = {k: tuple((words or {}).get(k, v)) for k, v in WORD_LISTS.items()}
+    return SPLIT_BUILDERS[key](model, sizes, seed, lists)
 
 
 # --- shared by the tasks ------------------------------------------------------------------------
@@ -209,11 +219,12 @@ def ioi_split(model: HookedTransformer, split: str, n: int, seed: int, pool: lis
     return task, SplitPart(tuple(sorted(pool)), used_templates(templates, groups, keep))
 
 
-def ioi_splits(model: HookedTransformer, sizes: dict[str, int], seed: int) -> TaskSplits:
+def ioi_splits(model: HookedTransformer, sizes: dict[str, int], seed: int, words: dict[str, tuple[str, ...]]
+               ) -> TaskSplits:
     """IOI on disjoint names a split; test also holds a held-out template pair."""
-    ids = single_token_words(model, NAMES)
-    places = sorted(single_token_words(model, IOI_PLACES))
-    objects = sorted(single_token_words(model, IOI_OBJECTS))
+    ids = single_token_words(model, words["names"])
+    places = sorted(single_token_words(model, words["places"]))
+    objects = sorted(single_token_words(model, words["objects"]))
     need_words(model, "names", ids, 5 * len(SPLITS))  # five a prompt and its counterfactual, in each split
     need_words(model, "places", dict.fromkeys(places), 1)
     need_words(model, "objects", dict.fromkeys(objects), 1)
@@ -253,10 +264,11 @@ def year_split(model: HookedTransformer, split: str, n: int, seed: int, yys: lis
     return task, SplitPart(tuple(sorted(yys)), used_templates(templates, groups, keep))
 
 
-def greater_than_splits(model: HookedTransformer, sizes: dict[str, int], seed: int) -> TaskSplits:
+def greater_than_splits(model: HookedTransformer, sizes: dict[str, int], seed: int,
+                        words: dict[str, tuple[str, ...]]) -> TaskSplits:
     """Greater-than on disjoint start-year YYs a split; test also holds ``YEAR_TEMPLATE_TEST``."""
     digits = year_digits(model)
-    nouns = sorted(single_token_words(model, YEAR_NOUNS))
+    nouns = sorted(single_token_words(model, words["year_nouns"]))
     need_words(model, "year nouns", dict.fromkeys(nouns), 1)
     pools = deal(list(YEAR_YYS), seed, "greater_than")
     built = {s: year_split(model, s, sizes[s], seed, pools[s],
@@ -306,8 +318,9 @@ def induction_split(model: HookedTransformer, split: str, n: int, seed: int, poo
     return task, SplitPart(tuple(sorted(pool)), templates)
 
 
-def induction_splits(model: HookedTransformer, sizes: dict[str, int], seed: int) -> TaskSplits:
-    """Induction on disjoint token ids a split; test also holds a held-out template."""
+def induction_splits(model: HookedTransformer, sizes: dict[str, int], seed: int,
+                     words: dict[str, tuple[str, ...]] | None = None) -> TaskSplits:
+    """Induction on disjoint token ids a split (no word lists); test also holds a held-out template."""
     specials = set(special_token_ids(model)) if model.tokenizer is not None else set()
     vocab = [i for i in range(model.cfg.d_vocab) if i not in specials]
     pools = deal(vocab, seed, "induction")
@@ -321,5 +334,5 @@ def hash_seed(task: str, split: str, seed: int) -> int:
 
 
 # each task with splits, by its name in task_names.TASKS
-SPLIT_BUILDERS: dict[str, Callable[[HookedTransformer, dict[str, int], int], TaskSplits]] = {
+SPLIT_BUILDERS: dict[str, Callable[[HookedTransformer, dict[str, int], int, dict], TaskSplits]] = {
     "ioi": ioi_splits, "greater_than": greater_than_splits, "induction": induction_splits}
