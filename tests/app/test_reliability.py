@@ -350,3 +350,24 @@ def test_lens_says_on_the_console_when_it_follows_the_first_of_several_answer_to
     assert result.exit_code == 0, result.stderr
     said = " ".join(result.stderr.split())
     assert "answer 'cd' is 2 tokens; the lens follows its first, 'c'" in said
+
+
+def test_match_finds_a_local_model_folder_from_the_sae_it_trained(fx, tmp_path):
+    """SAEs trained from a local model folder record its path; match needs no --model, and says what to pass when
+    the folder has moved."""
+    cfg = json.loads((fx.sae / "cfg.json").read_text())
+    assert cfg["metadata"]["model_path"] == str(fx.model.resolve())
+    argv = ["match", "--sae-a", str(fx.sae), "--sae-b", str(fx.sae), "--out", str(tmp_path / "m"), "--text", str(fx.text),
+            "--context-size", "32", "--tokens", "256", "--null", "0", "--random-subsets", "0"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.stderr
+    moved = tmp_path / "sae"
+    import shutil
+
+    shutil.copytree(fx.sae, moved)
+    cfg["metadata"]["model_path"] = str(tmp_path / "gone")
+    (moved / "cfg.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(app, [a if a != str(fx.sae) else str(moved) for a in argv])
+    assert result.exit_code == 2
+    assert "trained on the model folder" in result.stderr and "no longer exists" in result.stderr
+    assert "--model PATH" in " ".join(result.stderr.split())

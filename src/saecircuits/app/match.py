@@ -84,12 +84,30 @@ def _model_name(saes: dict[str, SparseAutoencoder], given: str | None, side: str
     """``given``, else the one model the SAEs' cfg.json name."""
     if given:
         return given
-    names = {(s.metadata or {}).get("model_name") for s in saes.values()}
+    option = f"--model{'' if side == 'A' else '-b'}"
+    # a local model folder is named by its path (model_path); a hub or offline model by model_name
+    names = {(s.metadata or {}).get("model_path") or (s.metadata or {}).get("model_name") for s in saes.values()}
     names.discard(None)
     if len(names) != 1:
         raise SaecircuitsError(f"cannot tell the model of the {side} SAEs from their cfg.json ({sorted(names) or 'none named'})",
-                               f"pass --model{'' if side == 'A' else '-b'} NAME")
-    return names.pop()
+                               f"pass {option} NAME (or {option} PATH for a local model folder)")
+    name = names.pop()
+    if Path(name).is_absolute() and not Path(name).is_dir():
+        raise SaecircuitsError(f"the {side} SAEs were trained on the model folder {name}, which no longer exists",
+                               f"pass {option} PATH with the folder where that model is now")
+    return name
+
+
+def _load(name: str, from_cfg: bool, option: str):
+    """``models.load(name)``; when the name came from the SAEs' cfg.json, a failure says how to name the model."""
+    try:
+        return models.load(name)
+    except SaecircuitsError as e:
+        if not from_cfg:
+            raise
+        raise SaecircuitsError(f"the SAEs' cfg.json names model '{name}', which cannot be loaded: {e.message}",
+                               f"pass {option} NAME, or {option} PATH if they were trained from a local model folder"
+                               ) from None
 
 
 def _activations(saes_a: dict, saes_b: dict, out_dir: Path, cfg: MatchConfig, model: str | None, model_b: str | None,
@@ -102,8 +120,8 @@ def _activations(saes_a: dict, saes_b: dict, out_dir: Path, cfg: MatchConfig, mo
     if align_to and not same:
         raise SaecircuitsError("--align-to is for same-model pairs; with --model-b the text is aligned to that model already",
                                "drop --align-to, or give SAEs of one model on both sides")
-    lm_a = models.load(name_a)
-    lm_b = None if same else models.load(name_b)
+    lm_a = _load(name_a, model is None, "--model")
+    lm_b = None if same else _load(name_b, model_b is None, "--model-b")
     result = match_saes(saes_a, saes_b, lm_a, lm_b, cfg, align_to=models.load(align_to) if align_to else None)
     written = write_match(result, out_dir)
     console.print(_activation_table(MatchResult.from_json(result), cfg.method))

@@ -254,5 +254,6 @@ class Trainer:
                 u.sae, folder / u.name, model_name=self.model.cfg.model_name, scale_in=u.scale_in, scale_out=u.scale_out,
                 context_size=self.store.context_size, dataset=text.get("source") or meta.get("cache"),
                 exclude_special_tokens=None, training_tokens=self.tokens_emitted,
+                extra_metadata={"model_path": str(Path(self.cfg.model).resolve())} if Path(self.cfg.model).is_dir() else None,
             ))
         return out
