@@ -336,6 +336,10 @@ def bad_inputs(fx: Fixtures, work: Path) -> list[Case]:
                 ["circuit", "--model", m, "--task", "ioi", "--out", "OUT", "--words", str(work / "words.yaml")])
     option_case("circuit_multi_token_names", "IOI on a tokenizer that splits every name (advice must be followable)",
                 r"single tokens for llama.*--words FILE", ["circuit", "--model", m, "--task", "ioi", "--out", "OUT"])
+    cases.append(Case("cache_folder_not_writable", "SAECIRCUITS_CACHE under a file (an unwritable model cache)",
+                      ["heads", "--model", "smollm2-135m", "--out", str(work / "heads-cache-out")],
+                      r"the model cache .*a-file/cache cannot be written .*set SAECIRCUITS_CACHE to a writable folder",
+                      env={"SAECIRCUITS_CACHE": str(work / "a-file" / "cache")}, must_not_exist=work / "heads-cache-out"))
     option_case("circuit_text_for_a_number", "a word where a number goes", r"Invalid value for '--train'",
                 ["circuit", "--model", m, "--task", "induction", "--out", "OUT", "--train", "many"])
     return cases

@@ -30,7 +30,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import staged_dir, write_json
+from saecircuits.core.files import check_output_dir, staged_dir, write_json
 from saecircuits.core.progress import note
 from saecircuits.core.tensors import load_tensors, save_tensors
 
@@ -229,8 +229,12 @@ def _hooked_from_hf(hf, tok, model_name: str, tl_config: str | None, dtype: torc
 
 def _convert_offline(spec: OfflineModel, folder: Path) -> None:
     """GGUF -> Hugging Face -> HookedTransformer -> safetensors cache folder, written atomically."""
+    try:  # before the conversion: an unwritable cache is the user's setting to change, not our bug
+        check_output_dir(folder)
+    except SaecircuitsError as e:
+        raise SaecircuitsError(f"the model cache {cache_root()} cannot be written ({e.message})",
+                               "set SAECIRCUITS_CACHE to a writable folder") from None
     note(f"converting {spec.name} from its GGUF file once (30-100 s); later loads use {folder}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     with staged_dir(folder, f".{spec.name}.") as tmp:
         hf, tok = _hf_from_gguf(spec.locate_gguf(tmp))
         model = _hooked_from_hf(hf, tok, spec.name, spec.tl_config, torch.float32)
