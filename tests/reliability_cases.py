@@ -191,6 +191,13 @@ def bad_inputs(fx: Fixtures, work: Path) -> list[Case]:
     (work / "latin1.txt").write_bytes("caf\u00e9 na\u00efve r\u00e9sum\u00e9 ".encode("latin-1") * 50)
     train_case("non_utf8_text", "non-UTF-8 text", r"latin1.txt is not UTF-8 text \(byte 0xe9",
                data=d(text={**d()["text"], "source": str(work / "latin1.txt")}), fresh=True)
+    small = work / "small-text"
+    small.mkdir()
+    (small / "one.txt").write_text("def f(x):\n    return x * 2\n" * 40)
+    train_case("no_eval_text", "a text folder too small to hold out evaluation text (failed after training)",
+               r"gave no eval context .*raise text.eval_fraction", data=d(text={**d()["text"], "source": str(small),
+                                                                              "eval_fraction": 0.02}),
+               fresh=True, must_not_exist=work / "no_eval_text-out" / "checkpoint")
     nan_model = _copy(fx.model, work / "nan-llama")
     _poison(nan_model)
     train_case("nan_activations", "model weights that make NaN/inf activations",

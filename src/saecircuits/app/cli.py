@@ -162,6 +162,9 @@ def demo(
     layers: str = typer.Option(None, "--layers",
                                help=f"Comma-separated residual-stream layers for SAEs (default {','.join(map(str, _DEMO.layers))})."),
     tokens: int = typer.Option(None, "--tokens", help=f"Training tokens per SAE (default {_DEMO.tokens:,})."),
+    eval_fraction: float = typer.Option(None, "--eval-fraction",
+                                        help=f"Share of the text's documents held out for evaluation (default {_DEMO.eval_fraction}); "
+                                             "raise it for a small text folder."),
     wandb: str = typer.Option(None, "--wandb", help="auto | online | offline | off"),
     config: Path = typer.Option(None, "--config", help="A YAML file of demo settings (see saecircuits.app.demo.DemoConfig)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes everywhere: checks the whole flow in a few minutes."),
@@ -177,7 +180,7 @@ def demo(
             data["layers"] = [int(x) for x in layers.split(",") if x.strip()]
         except ValueError:
             raise SaecircuitsError(f"--layers must be comma-separated integers, got '{layers}'") from None
-    given = {"out": out, "model": model, "text": text, "tokens": tokens}
+    given = {"out": out, "model": model, "text": text, "tokens": tokens, "eval_fraction": eval_fraction}
     data.update({k: v for k, v in given.items() if v is not None})
     if wandb is not None:
         data["wandb"] = {**data.get("wandb", {}), "mode": wandb}

@@ -41,6 +41,7 @@ class DemoConfig(Config):
 
     model: str = "smollm2-135m"
     text: str = Field("stdlib", description="stdlib | bible | PATH | hf:NAME | tokens:PATH")
+    eval_fraction: float = Field(0.02, gt=0, lt=1, description="share of the text's documents held out for evaluation")
     layers: list[int] = Field([3, 6, 9], min_length=1, description="residual-stream layers to train SAEs on")
     tokens: int = Field(200_000, ge=4096, description="training tokens per SAE")
     expansion: float = Field(8, gt=0)
@@ -126,7 +127,7 @@ def train_stage(cfg: DemoConfig, model, out: Path, run: Run) -> dict:
         hooks.validate(model, s)
     tc = validate(TrainConfig, {
         "model": cfg.model,
-        "text": {"source": cfg.text, "context_size": 128},
+        "text": {"source": cfg.text, "context_size": 128, "eval_fraction": cfg.eval_fraction},
         "store": {"batch_size_tokens": 4096, "model_batch_size": 8, "buffer_tokens": 65536,
                   "normalize": "expected_average_only_in"},
         "saes": [{"architecture": "topk", "expansion": cfg.expansion, "k": cfg.k, "lr": cfg.lr, "sweep": {"hook": sites}}],
@@ -229,7 +230,8 @@ def layers_stage(cfg: DemoConfig, model, out: Path) -> dict:
 
     def fn(folder: Path) -> dict:
         prompts = task_prompts(model, cfg.task, n=min(cfg.prompts, 32))
-        stream = layers.StreamConfig(text={"source": cfg.text, "context_size": 128}, tokens=cfg.layer_tokens)
+        stream = layers.StreamConfig(text={"source": cfg.text, "context_size": 128, "eval_fraction": cfg.eval_fraction},
+                                     tokens=cfg.layer_tokens)
         result = layers.section(model, prompts["prompts"], prompts["answers"], stream=stream,
                                 skip_tokens=min(cfg.layer_tokens, 1024), out=str(folder))
         return {name: {"files": [str(p) for p in r.get("files", [])]} for name, r in result.items()}

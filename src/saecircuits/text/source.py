@@ -328,6 +328,12 @@ class TextSource:
         for ctx in it:
             n += 1
             yield ctx
+        if n == 0 and split == "eval":
+            raise SaecircuitsError(
+                f"text source '{self.cfg.source}' gave no eval context of {self.cfg.context_size} tokens (eval_fraction "
+                f"{self.cfg.eval_fraction} holds out too little of it)",
+                "raise text.eval_fraction (e.g. 0.1; demo: --eval-fraction), lower context_size, or add text",
+            )
         if n == 0:
             raise SaecircuitsError(
                 f"text source '{self.cfg.source}' gave no {split} context of {self.cfg.context_size} tokens",

@@ -93,6 +93,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, model=N
     owners = distributed.split_saes(_sae_costs(cfg, model), world) if world > 1 and cfg.parallel == "saes" else None
     mine = [c for c, r in zip(cfg.saes, owners, strict=True) if r == rank] if owners else None
     store, text = make_store(cfg, model, progress and main, saes=mine, shard=(rank, world) if world > 1 and owners is None else (0, 1))
+    if main:  # the text has a train context and held-out evaluation text: refused now, not after training
+        text.take(1, "train")
+        text.take(1, "eval")
     trainer = Trainer(cfg, model, store, out, text, None, progress and main, owners)
     trainer.start(resume)  # a config mismatch or a run already there is refused before anything is written
     if main:
