@@ -568,3 +568,25 @@ def test_the_report_command_names_each_section_it_leaves_out(tmp_path):
     assert "heads: the heads stage has not finished" in said and "saecircuits demo --out" in said
     assert "attention: attention patterns were not computed (--no-attention)" in said
     assert "training:" not in said  # present sections are not named
+
+
+@pytest.mark.parametrize("change,expect", [
+    (lambda r: r.update(circuit=[1, 2]), r"field 'circuit' must be an object, it is a list"),
+    (lambda r: r.pop("layers"), r"field 'layers' must be an object, it is absent"),
+    (lambda r: r["meta"].update(title=7), r"field 'meta.title' must be a str, it is a int"),
+    (lambda r: r["training"].update(saes="not a list of SAEs"),
+     r"does not hold what a report results.json holds .*the report was not written"),
+])
+def test_report_from_a_results_json_of_the_wrong_shape_is_one_clear_error(tmp_path, change, expect):
+    from saecircuits.core.errors import SaecircuitsError
+    from saecircuits.report import regenerate, report_run
+
+    paths = report_run(make_run(tmp_path / "run"), tmp_path / "report", attention=False)
+    results = json.loads(paths["results"].read_text())
+    change(results)
+    bad = tmp_path / "bad" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps(results))
+    with pytest.raises(SaecircuitsError, match=expect):
+        regenerate(bad, tmp_path / "out")
+    assert not (tmp_path / "out" / "index.html").exists()

@@ -115,4 +115,9 @@ def regenerate(results_json: str | Path, out_dir: str | Path | None = None, run=
     old, new = src.parent.resolve(), ensure_dir(out).resolve()
     if old != new:
         results = _rebase(results, old, new)
-    return write_report(results, out, run=run)
+    try:
+        return write_report(results, out, run=run)
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError) as e:  # a field deeper in of the wrong shape
+        raise SaecircuitsError(f"{src} does not hold what a report results.json holds ({type(e).__name__}: {e}); "
+                               "the report was not written", "write it again from its run: saecircuits report RUN_DIR"
+                               ) from None

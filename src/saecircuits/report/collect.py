@@ -457,12 +457,25 @@ def _layers(ctx: _Context) -> dict:
     return {"analyses": out} if out else {"missing": "no layer analysis JSON in layers/"}
 
 
+# results.json's shape: each section is an object (a skipped stage's is {"missing": why}); meta's fields
+SECTIONS = ("meta", "training", "dashboards", "matching", "heads", "circuit", "attention", "head_pages", "layers")
+META_FIELDS = {"title": str, "run": str, "model": str, "config": dict, "stages": dict, "seeds": dict}
+
+
 def load_results(path: str | Path) -> dict:
-    """A report's results.json, checked to be one."""
+    """A report's results.json, checked to be one: the schema tag, every section an object, meta's fields typed."""
     r = read_json(path, what="report results")
+    fix = "pass the results.json a report folder holds, or write it again: saecircuits report RUN_DIR"
     if not isinstance(r, dict) or r.get("schema") != SCHEMA:
-        raise SaecircuitsError(f"{path} is not a report results.json (schema {SCHEMA})",
-                               "pass the results.json a report folder holds (saecircuits report RUN_DIR writes one)")
+        raise SaecircuitsError(f"{path} is not a report results.json (schema {SCHEMA})", fix)
+    for section in SECTIONS:
+        if not isinstance(r.get(section), dict):
+            got = "absent" if section not in r else f"a {type(r[section]).__name__}"
+            raise SaecircuitsError(f"{path}: field '{section}' must be an object, it is {got}", fix)
+    for name, kind in META_FIELDS.items():
+        if r["meta"].get(name) is not None and not isinstance(r["meta"][name], kind):
+            raise SaecircuitsError(f"{path}: field 'meta.{name}' must be a {kind.__name__}, it is a "
+                                   f"{type(r['meta'][name]).__name__}", fix)
     return r
 
 
