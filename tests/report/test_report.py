@@ -5,7 +5,6 @@ synthetic run folder; attention patterns; the command line; W&B logging."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import subprocess
