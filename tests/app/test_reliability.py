@@ -1,6 +1,6 @@
 """Faults and bad input, end to end through the command line, on a tiny Llama saved as a local folder.
 
-- kill -9 (SIGKILL) of real ``python -m saecircuits`` processes during training, activation caching and
+- kill -9 (SIGKILL), SIGTERM and Ctrl-C (SIGINT) of real ``python -m saecircuits`` processes during training, activation caching and
   dashboards, right after a checkpoint they write appears; then resume: what was written loads, and
   the final result equals an uninterrupted run;
 - bad inputs (tests/reliability_cases.py) each answered by one clear error line, a non-zero exit, no
@@ -52,15 +52,20 @@ def start(argv: list[str], tmp: Path, slow: float) -> tuple[subprocess.Popen, Pa
                             stderr=subprocess.PIPE, text=True), net
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()``; the process must still have been running then."""
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``proc`` as soon as ``ready()``; the process must still have been running then. SIGINT and
+    SIGTERM must end it as an interrupt that promises the resume the caller then does."""
     deadline = time.monotonic() + timeout
     while proc.poll() is None and not ready():
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill ({proc.returncode}): {err[-2000:]}"
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill ({proc.returncode}): {err[-2000:]}"
+    else:  # -SIGINT: CPython 3.11's exit after a Ctrl-C met in code C ran (the shell's 130)
+        assert proc.returncode in (130, 143, -signal.SIGINT), f"{proc.returncode}: {err[-2000:]}"
+        assert "finished work is kept, rerun to resume" in err and "Traceback" not in err, err[-2000:]
 
 
 def no_network(log: Path) -> None:
@@ -81,15 +86,16 @@ def same_files(a: Path, b: Path, pattern: str) -> int:
     return len(files)
 
 
-# ---------------------------------------------------------------- kill -9, then resume
+# ---------------------------------------------------------------- kill -9, SIGTERM or Ctrl-C, then resume
 
 
-def test_kill_9_during_training_then_resume_equals_uninterrupted(fx, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_kill_during_training_then_resume_equals_uninterrupted(fx, tmp_path, sig):
     data = fx.config_data(total_tokens=128 * 200, checkpoint_every_tokens=128 * 20, out=str(tmp_path / "killed"))
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
     proc, net = start(["train", str(tmp_path / "cfg.yaml")], tmp_path, slow=0.05)
     state = tmp_path / "killed" / "checkpoint" / "state.json"
-    kill_when(proc, state.exists)
+    kill_when(proc, state.exists, sig=sig)
     no_network(net)
     # what was written is whole: the checkpoint loads, nothing half-written replaced it
     saved = read_json(state, what="checkpoint")
@@ -105,7 +111,8 @@ def test_kill_9_during_training_then_resume_equals_uninterrupted(fx, tmp_path):
         assert a[name][key] == b[name][key], key
 
 
-def test_kill_9_during_activation_caching_then_resume(fx, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_during_activation_caching_then_resume(fx, tmp_path, sig):
     argv = ["--model", str(fx.model), "--text", str(fx.text), "--context-size", "32", "--tokens", str(32 * 256 * 5),
             "--hook", rc.SITE, "--hook", "blocks.0.attn.hook_z:*"]
     proc, net = start(["cache", "--out", str(tmp_path / "killed"), *argv], tmp_path, slow=0.02)
@@ -117,7 +124,7 @@ def test_kill_9_during_activation_caching_then_resume(fx, tmp_path):
         except (OSError, ValueError):  # not there yet (the manifest is replaced atomically: never half-written)
             return False
 
-    kill_when(proc, two_shards)
+    kill_when(proc, two_shards, sig=sig)
     no_network(net)
     done = json.loads(manifest.read_text())
     assert not done["complete"] and 2 <= len(done["shards"]) < 5
@@ -131,12 +138,13 @@ def test_kill_9_during_activation_caching_then_resume(fx, tmp_path):
     assert not list((tmp_path / "killed").glob(".shard_*"))
 
 
-def test_kill_9_during_dashboards_then_resume(fx, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_kill_during_dashboards_then_resume(fx, tmp_path, sig):
     argv = ["--sae", str(fx.sae), "--model", str(fx.model), "--text", str(fx.text), "--tokens", str(32 * 8 * 100),
             "--context-size", "32", "--batch", "8", "--wandb", "off"]
     proc, net = start(["dashboards", "--out", str(tmp_path / "killed"), *argv], tmp_path, slow=0.03)
     state = tmp_path / "killed" / "checkpoint" / "state.json"
-    kill_when(proc, state.exists)
+    kill_when(proc, state.exists, sig=sig)
     no_network(net)
     saved = read_json(state, what="dashboard checkpoint")
     assert saved["batches"] % 20 == 0 and not saved["done"]
