@@ -111,16 +111,22 @@ def layers_tuned_lens(
     cfg = validate(TunedLensConfig, {"text": {"source": text, "context_size": context_size}, "tokens": tokens,
                                      "batch_size_tokens": batch_tokens, "lr": lr, "eval_tokens": eval_tokens},
                    where="tuned-lens")
+    from saecircuits.core.files import check_output_dir, staged_dir
+    from saecircuits.layerwise.figures import write
+
+    target = check_output_dir(out)  # before the training
     lm = m.load(model)
     lens, summary = tunedlib.train(lm, cfg)
-    tunedlib.save(lens, out, summary)
     s = TunedLensSummary.from_json(summary)
     if s.eval is not None:
         ev = s.eval
         mid = len(ev.layers) // 2
         console.print(f"held-out KL at layer {ev.layers[mid]}: logit lens {ev.kl_logit_lens[mid]:.3f}, "
                       f"tuned lens {ev.kl_tuned_lens[mid]:.3f} nats")
-    _layers_write(out, "tuned_lens_training", s)
+    with staged_dir(target, f".{target.name}-") as tmp:  # the lens folder is one whole lens, even when interrupted
+        tunedlib.save(lens, tmp, summary)
+        write(tmp, "tuned_lens_training", s)
+    console.print(f"wrote {target} (tuned lens weights, {tunedlib.META}, tuned_lens_training.json and its figure)")
 
 
 @command(on=layers_app, name="contributions")
