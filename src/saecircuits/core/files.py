@@ -175,16 +175,28 @@ def refuse_pickle(path: str | Path) -> None:
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block ends (main thread only), so a short group of writes (a folder
-    swap, a result's JSON and its figures) happens whole; a signal that came meanwhile is acted on after."""
+    swap, a result's JSON and its figures) happens whole; a signal that came meanwhile is acted on after.
+
+    The Python-level handlers are swapped for one that notes the signal (masking the signal in this thread
+    alone would not do: the kernel hands it to another thread, and Python still runs the handler here)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    held = (signal.SIGINT, signal.SIGTERM)
+    received: list[tuple[int, Any]] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append((signum, frame))) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if received:
+            signum, frame = received[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler in (signal.SIG_DFL, None):
+                signal.raise_signal(signum)
 
 
 def replace_dir(tmp_dir: Path, target: Path) -> None:
