@@ -48,6 +48,12 @@ def commands(fx: rc.Fixtures, work: Path) -> dict[str, list[str]]:
         "layers lens": ["layers", "lens", "--model", m, "--prompt", "abc abc ab", "--answer", "c", "--out", "OUT"],
         "layers contributions": ["layers", "contributions", "--model", m, "--text", str(fx.text), "--tokens", "256",
                                  "--context-size", "32", "--out", "OUT"],
+        "layers skip": ["layers", "skip", "--model", m, "--text", str(fx.text), "--tokens", "128", "--context-size", "32",
+                        "--out", "OUT"],
+        "layers probe": ["layers", "probe", "--model", m, "--n-per-class", "8", "--n-tokens", "8", "--repeats", "1",
+                         "--out", "OUT"],
+        "layers linearity": ["layers", "linearity", "--model", m, "--text", str(fx.text), "--tokens", "256",
+                             "--eval-tokens", "64", "--context-size", "32", "--out", "OUT"],
         "layers tuned-lens": ["layers", "tuned-lens", "--model", m, "--text", str(fx.text), "--tokens", "512",
                               "--context-size", "32", "--batch-tokens", "128", "--eval-tokens", "64", "--out", "OUT"],
     }
@@ -86,7 +92,8 @@ def _debris(out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("i,name", list(enumerate(["heads", "circuit", "circuit-methods", "match", "report",
-                                                   "layers lens", "layers contributions", "layers tuned-lens"])))
+                                                   "layers lens", "layers contributions", "layers skip", "layers probe",
+                                                   "layers linearity", "layers tuned-lens"])))
 def test_an_interrupted_command_leaves_the_old_run_or_the_new_one(fx, tmp_path, i, name):
     argv = commands(fx, tmp_path)[name]
     old = tmp_path / "old"
