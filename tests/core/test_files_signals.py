@@ -40,3 +40,15 @@ def test_no_signal_no_effect():
     with uninterrupted():
         x = 1
     assert x == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_moved_paths_follow_a_staged_folder_to_its_target(tmp_path):
+    from pathlib import Path
+
+    from saecircuits.core.files import moved_paths
+
+    staged, target = tmp_path / ".out-x1", tmp_path / "out"
+    written = {"a": staged / "a.json", "b": [str(staged / "f" / "b.png")], "other": str(tmp_path / "elsewhere"), "n": 3}
+    assert moved_paths(written, staged, target) == {"a": target / "a.json", "b": [str(target / "f" / "b.png")],
+                                                    "other": str(tmp_path / "elsewhere"), "n": 3}
+    assert isinstance(moved_paths(written, staged, target)["a"], Path)

@@ -123,7 +123,7 @@ def layers_tuned_lens(
         mid = len(ev.layers) // 2
         console.print(f"held-out KL at layer {ev.layers[mid]}: logit lens {ev.kl_logit_lens[mid]:.3f}, "
                       f"tuned lens {ev.kl_tuned_lens[mid]:.3f} nats")
-    with staged_dir(target, f".{target.name}-") as tmp:  # the lens folder is one whole lens, even when interrupted
+    with staged_dir(target) as tmp:  # the lens folder is one whole lens, even when interrupted
         tunedlib.save(lens, tmp, summary)
         write(tmp, "tuned_lens_training", s)
     console.print(f"wrote {target} (tuned lens weights, {tunedlib.META}, tuned_lens_training.json and its figure)")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import check_output_dir, staged_dir
+from saecircuits.core.files import check_output_dir, moved_paths, staged_dir
 from saecircuits.matching.activations import match_saes, sae_names
 from saecircuits.matching.config import MatchConfig
 from saecircuits.matching.flow import feature_flow
@@ -53,7 +53,7 @@ def run_match_command(sae_a: list[str], sae_b: list[str], out: str, mode: str = 
         raise SaecircuitsError(f"--mode {mode} compares two sides: give at least one --sae-b")
     if set(saes_a) & set(saes_b):
         saes_b = {f"{n}(b)" if n in saes_a else n: s for n, s in saes_b.items()}
-    with staged_dir(target, f".{target.name}-") as out_dir:  # the folder holds one whole run, even when interrupted
+    with staged_dir(target) as out_dir:  # the folder holds one whole run, even when interrupted
         if mode == "activations":
             written = _activations(saes_a, saes_b, out_dir, cfg, model, model_b, align_to, console)
         elif mode == "weights":
@@ -62,18 +62,7 @@ def run_match_command(sae_a: list[str], sae_b: list[str], out: str, mode: str = 
             written = _chains({**saes_a, **saes_b}, out_dir, cfg, min_cos, console)
         else:
             written = _flow({**saes_a, **saes_b}, out_dir, model, flow_direction, min_cos, console)
-    return _rebased(written, out_dir, target)
-
-
-def _rebased(written, staged: Path, target: Path):
-    """``written``'s paths under the staged folder, as they are now under ``target``."""
-    if isinstance(written, dict):
-        return {k: _rebased(v, staged, target) for k, v in written.items()}
-    if isinstance(written, list):
-        return [_rebased(v, staged, target) for v in written]
-    if isinstance(written, (str, Path)) and str(written).startswith(str(staged)):
-        return type(written)(str(target) + str(written)[len(str(staged)):])
-    return written
+    return moved_paths(written, out_dir, target)
 
 
 def _load_saes(folders: list[str]) -> dict[str, SparseAutoencoder]:

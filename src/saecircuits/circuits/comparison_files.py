@@ -42,7 +42,7 @@ def write_comparison(result: dict, folder: str | Path, markdown=None) -> Path:
     given, renders ``report.md`` beside the files."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with staged_dir(folder, prefix=f".{folder.name}-") as tmp:
+    with staged_dir(folder) as tmp:
         write_json(tmp / "methods.json", {"methods": result["methods"], "graph": result["graph"],
                                           "node_scores": result.get("node_scores", {}),
                                           "config": result.get("config", {})})

@@ -216,20 +216,33 @@ def replace_dir(tmp_dir: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(target: str | Path, prefix: str) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``target`` (its name starts with ``prefix``) to write into.
+def staged_dir(target: str | Path, prefix: str | None = None) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target`` (its name starts with ``prefix``, by default
+    ``.{target's name}-``) to write into.
 
     When the block ends normally the folder is swapped into place whole (``replace_dir``); on any
     exception, KeyboardInterrupt included, it is removed and ``target`` is left as it was. The
     parent of ``target`` must exist."""
     target = Path(target)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}-", dir=target.parent))
     try:
         yield tmp
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def moved_paths(obj: Any, old: Path, new: Path) -> Any:
+    """``obj`` (dicts and lists of paths, as ``str`` or ``Path``) with every path under ``old`` moved under ``new``:
+    what a writer into a ``staged_dir`` returns, as it is once the folder is swapped into place."""
+    if isinstance(obj, dict):
+        return {k: moved_paths(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [moved_paths(v, old, new) for v in obj]
+    if isinstance(obj, (str, Path)) and Path(obj).is_relative_to(old):
+        return type(obj)(Path(new) / Path(obj).relative_to(old))
+    return obj
 
 
 def recover_dir(target: str | Path) -> Path:

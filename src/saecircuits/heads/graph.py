@@ -417,7 +417,7 @@ def run(model: str | HookedTransformer, out: str | Path, cfg: HeadGraphConfig | 
     start = time.perf_counter()
     graph, scores = weight_graph(model, cfg)
     seconds = time.perf_counter() - start
-    with staged_dir(target, f".{target.name}-") as tmp:
+    with staged_dir(target) as tmp:
         paths = save(graph, scores, tmp)
         summary = {
             "model": getattr(model.cfg, "model_name", ""), "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,

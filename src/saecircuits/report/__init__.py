@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.files import ensure_dir, plain_json, staged_dir, write_json
+from saecircuits.core.files import ensure_dir, moved_paths, plain_json, staged_dir, write_json
 from saecircuits.report import figures, render, tables
 from saecircuits.report.collect import collect, load_results
 from saecircuits.report.render import headline
@@ -42,25 +42,16 @@ def write_report(results: dict, out_dir: str | Path, run=None) -> dict:
                                "write the report into a new or empty folder (--out)")
     ensure_dir(out.parent)
     results = _plain(results)
-    with staged_dir(out, f".{out.name}-") as tmp:
+    with staged_dir(out) as tmp:
         paths: dict = {"results": write_json(tmp / "results.json", results)}
         paths["figures"] = figures.write_figures(results, tmp / "figures")
         table_list = tables.build_tables(results)
         paths["tables"] = tables.write_tables(table_list, tmp / "tables")
         paths.update(render.write_pages(results, table_list, paths["figures"], tmp))
-    paths = _moved(paths, tmp, out)
+    paths = moved_paths(paths, tmp, out)
     if run is not None:
         log_report(run, results, paths["figures"], table_list)
     return paths
-
-
-def _moved(obj, old: Path, new: Path):
-    """Every path under ``old`` in ``obj`` (dicts and lists of paths) moved under ``new``."""
-    if isinstance(obj, dict):
-        return {k: _moved(v, old, new) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_moved(v, old, new) for v in obj]
-    return new / obj.relative_to(old) if isinstance(obj, Path) else obj
 
 
 def log_report(run, results: dict, figure_paths: dict, table_list: list) -> None:
