@@ -78,7 +78,7 @@ def layers_lens(
         ps, ans = ps + more_p, ans + more_a
     lm = m.load(model)
     for a in ans:  # the lens follows one token: say so when an answer is several
-        ids = lm.to_tokens(a, prepend_bos=False)[0].tolist()
+        ids = lenslib.answer_ids(lm, a)
         if len(ids) > 1:
             console.print(f"[yellow]note:[/yellow] answer {escape(repr(a))} is {len(ids)} tokens; the lens follows its "
                           f"first, {escape(repr(lm.tokenizer.decode(ids[:1])))}", highlight=False)

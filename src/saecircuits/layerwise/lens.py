@@ -22,11 +22,16 @@ from saecircuits.layerwise.tuned import TunedLens
 from saecircuits.model.unembed import unembed_normed
 
 
+def answer_ids(model: HookedTransformer, answer: str) -> list[int]:
+    """Every token id of an answer's text (the lens follows the first)."""
+    return model.to_tokens(answer, prepend_bos=False)[0].tolist()
+
+
 def answer_token(model: HookedTransformer, answer: str | int) -> tuple[int, str]:
     """The answer's token id (its first token when it splits into several) and that token's text."""
     if isinstance(answer, int):
         return answer, model.tokenizer.decode([answer])
-    ids = model.to_tokens(answer, prepend_bos=False)[0].tolist()
+    ids = answer_ids(model, answer)
     if not ids:
         raise SaecircuitsError(f"answer {answer!r} is empty after tokenization")
     return ids[0], model.tokenizer.decode(ids[:1])
