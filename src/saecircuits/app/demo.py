@@ -43,6 +43,7 @@ class DemoConfig(Config):
     text: str = Field("stdlib", description="stdlib | bible | PATH | hf:NAME | tokens:PATH")
     eval_fraction: float = Field(0.02, gt=0, lt=1, description="share of the text's documents held out for evaluation")
     layers: list[int] = Field([3, 6, 9], min_length=1, description="residual-stream layers to train SAEs on")
+    context_size: int = Field(128, ge=2, description="tokens per context of the text the SAEs and layer analyses read")
     tokens: int = Field(200_000, ge=4096, description="training tokens per SAE")
     expansion: float = Field(8, gt=0)
     k: int = Field(32, ge=1)
@@ -103,6 +104,9 @@ class Stage:
             console.print(f"[dim]{self.name}: reusing {self.folder}[/dim]")
             return read_json(self.folder / "stage.json", what="stage marker")["result"]
         console.rule(f"[bold]{self.name}")
+        # a marker of other settings goes first: else a run interrupted while it rewrites this folder would leave
+        # that marker beside the half-rewritten files, and a rerun with those settings would take them as done
+        (self.folder / "stage.json").unlink(missing_ok=True)
         start = time.perf_counter()
         result = fn(ensure_dir(self.folder))
         seconds = time.perf_counter() - start
@@ -127,7 +131,7 @@ def train_stage(cfg: DemoConfig, model, out: Path, run: Run) -> dict:
         hooks.validate(model, s)
     tc = validate(TrainConfig, {
         "model": cfg.model,
-        "text": {"source": cfg.text, "context_size": 128, "eval_fraction": cfg.eval_fraction},
+        "text": {"source": cfg.text, "context_size": cfg.context_size, "eval_fraction": cfg.eval_fraction},
         "store": {"batch_size_tokens": 4096, "model_batch_size": 8, "buffer_tokens": 65536,
                   "normalize": "expected_average_only_in"},
         "saes": [{"architecture": "topk", "expansion": cfg.expansion, "k": cfg.k, "lr": cfg.lr, "sweep": {"hook": sites}}],
@@ -156,12 +160,13 @@ def dashboards_stage(cfg: DemoConfig, model, out: Path, trained: dict, run: Run)
         result = {}
         for name, s in trained["saes"].items():
             summary = build_dashboards(s["path"], cfg.model, cfg.text, folder / name, cfg.dashboard_tokens,
-                                       wandb="off", loaded_model=model, wandb_run=run)
+                                       wandb="off", loaded_model=model, wandb_run=run,
+                                       text={"context_size": cfg.context_size})
             result[name] = {k: summary[k] for k in ("index", "n_features", "n_live", "n_dead", "tokens", "seconds")}
         return result
 
     return Stage(out, "dashboards", {"saes": sorted(trained["saes"]), "tokens": cfg.dashboard_tokens,
-                                     "text": cfg.text}).run(fn)
+                                     "text": cfg.text, "context_size": cfg.context_size}).run(fn)
 
 
 def matching_stage(cfg: DemoConfig, model, out: Path, trained: dict) -> dict:
@@ -180,7 +185,7 @@ def matching_stage(cfg: DemoConfig, model, out: Path, trained: dict) -> dict:
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
         if not pairs:
             return {"skipped": "one layer only: nothing to match"}
-        mc = MatchConfig(text={"source": cfg.text, "seed": 1}, tokens=cfg.match_tokens, null=cfg.match_null,
+        mc = MatchConfig(text={"source": cfg.text, "seed": 1, "context_size": cfg.context_size}, tokens=cfg.match_tokens, null=cfg.match_null,
                          random_subsets=0)  # the shuffled-pairing null is the test; subsets would triple the time
         result = match_saes(saes, saes, model, cfg=mc, pairs=pairs)  # one suite: every SAE on both sides
         written = write_match(result, folder)
@@ -189,7 +194,7 @@ def matching_stage(cfg: DemoConfig, model, out: Path, trained: dict) -> dict:
                 "timing": match.timing}
 
     return Stage(out, "matching", {"saes": sorted(trained["saes"]), "tokens": cfg.match_tokens, "null": cfg.match_null,
-                                   "text": cfg.text}).run(fn)
+                                   "text": cfg.text, "context_size": cfg.context_size}).run(fn)
 
 
 def heads_stage(cfg: DemoConfig, model, out: Path) -> dict:
@@ -230,14 +235,14 @@ def layers_stage(cfg: DemoConfig, model, out: Path) -> dict:
 
     def fn(folder: Path) -> dict:
         prompts = task_prompts(model, cfg.task, n=min(cfg.prompts, 32))
-        stream = layers.StreamConfig(text={"source": cfg.text, "context_size": 128, "eval_fraction": cfg.eval_fraction},
+        stream = layers.StreamConfig(text={"source": cfg.text, "context_size": cfg.context_size, "eval_fraction": cfg.eval_fraction},
                                      tokens=cfg.layer_tokens)
         result = layers.section(model, prompts["prompts"], prompts["answers"], stream=stream,
                                 skip_tokens=min(cfg.layer_tokens, 1024), out=str(folder))
         return {name: {"files": [str(p) for p in r.get("files", [])]} for name, r in result.items()}
 
     return Stage(out, "layers", {"model": cfg.model, "task": cfg.task, "tokens": cfg.layer_tokens,
-                                 "text": cfg.text}).run(fn)
+                                 "text": cfg.text, "context_size": cfg.context_size}).run(fn)
 
 
 def report_stage(cfg: DemoConfig, model, out: Path, run: Run) -> dict:
