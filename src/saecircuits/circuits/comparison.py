@@ -18,6 +18,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saecircuits.circuits.config import GREEDY_BASES, REPORTED, ComparisonConfig
+from saecircuits.circuits.cost import check_prompts_fit, estimate_seconds, measured_rates, planned_work
 from saecircuits.circuits.discovery.attribution import edge_attribution, node_attribution
 from saecircuits.circuits.discovery.edge_pruning import edge_pruning
 from saecircuits.circuits.discovery.greedy import greedy_circuits
@@ -28,7 +29,6 @@ from saecircuits.circuits.masked_forward import MaskedForward
 from saecircuits.circuits.splits import build_splits
 from saecircuits.circuits.sweep import random_masks, run_masks, summarise, top_k
 from saecircuits.core.errors import SaecircuitsError
-from saecircuits.core.memory import check_fits
 
 TOLERANCE = 0.1
 
@@ -156,18 +156,6 @@ def reported(test: Evaluator, chosen: dict, cfg: ComparisonConfig) -> dict:
     return out
 
 
-def check_prompts_fit(forward: MaskedForward, cfg: ComparisonConfig) -> float:
-    """Refuse split sizes whose cached activations (every sender's output at every position of each prompt and
-    its counterfactual, float32) cannot fit in free memory, before any prompt is built; returns the bytes."""
-    try:  # a prompt's length, from a few prompts of the task
-        length = build_splits(cfg.task, forward.model, 2, 2, 8, cfg.seed, cfg.words).test.clean.shape[1]
-    except SaecircuitsError:
-        return 0.0  # the task cannot make even these: building the real splits says why
-    per_prompt = 2 * (forward.graph.n_nodes + 1) * length * forward.model.cfg.d_model * 4
-    return check_fits("prompts (--train + --val + --test)", cfg.n_train + cfg.n_val + cfg.n_test, per_prompt,
-                      "--train, --val and --test")
-
-
 def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str], None] = lambda s: None) -> dict:
     """The whole comparison for one task and model: {"methods": [...], "circuit": {...}, "robustness": [...]}."""
     forward = MaskedForward(model)
@@ -178,6 +166,11 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
     g = forward.graph
     test = Evaluator(forward, splits.test, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)
     val = Evaluator(forward, splits.val, splits.train, batch_size=cfg.batch_size, seed=cfg.seed)
+    cost = {"rates": measured_rates(val), "planned_work": planned_work(
+        cfg, g, splits, {gr: len(candidate_counts(g.n_units(gr), gr)) for gr in cfg.granularities})}
+    cost["estimate_seconds"] = estimate_seconds(cost["planned_work"], cost["rates"])
+    note(f"planned: about {cost['estimate_seconds'] / 60:,.0f} min on this machine "
+         f"({sum(cost['planned_work'].values()) / 1e6:,.2f} M token positions through the model)")
     fns, seconds, node_scores = _circuit_fns(forward, splits.train, val, cfg, note)
     for gran in cfg.granularities:
         if "random" in cfg.methods:
@@ -218,7 +211,8 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
                "examples": [model.to_string(t) for t in splits.test.clean[:3]],
                "corrupted_examples": [model.to_string(t) for t in splits.test.corrupted[:3]],
                "example_tokens": splits.test.clean[0].tolist()}
-    return {"methods": methods, "circuit": circuit, "robustness": robust, "work": dict(forward.work),
+    cost["work"] = dict(forward.work)  # what ran, beside what was planned
+    return {"methods": methods, "circuit": circuit, "robustness": robust, "work": dict(forward.work), "cost": cost,
             "graph": {"n_nodes": g.n_nodes, "n_edges": g.n_edges, "n_heads": g.n_layers * g.n_heads,
                       "n_layers": g.n_layers, "heads_per_layer": g.n_heads},
             "node_scores": {m: dict(zip(g.nodes, s.tolist())) for m, s in node_scores.items()}}

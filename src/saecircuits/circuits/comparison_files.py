@@ -45,7 +45,7 @@ def write_comparison(result: dict, folder: str | Path, markdown=None) -> Path:
     with staged_dir(folder) as tmp:
         write_json(tmp / "methods.json", {"methods": result["methods"], "graph": result["graph"],
                                           "node_scores": result.get("node_scores", {}),
-                                          "config": result.get("config", {})})
+                                          "config": result.get("config", {}), "cost": result.get("cost", {})})
         write_json(tmp / "circuit.json", result["circuit"])
         write_json(tmp / "robustness.json", {"robustness": result["robustness"]})
         import matplotlib.pyplot as plt
