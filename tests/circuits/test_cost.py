@@ -9,11 +9,12 @@ from saecircuits.circuits.comparison import compare
 from saecircuits.circuits.config import ComparisonConfig
 
 
-@pytest.mark.parametrize("granularities", [("nodes", "edges"), ("heads",)])
-def test_the_planned_work_is_the_work_that_ran(granularities):
+@pytest.mark.parametrize("granularities,choose_on", [(("nodes", "edges"), ("counterfactual",)),
+                                                     (("heads",), ("counterfactual", "mean-clean"))])
+def test_the_planned_work_is_the_work_that_ran(granularities, choose_on):
     model = make_tiny_model(n_layers=2, n_kv=2)
     cfg = ComparisonConfig(task="induction", n_train=8, n_val=6, n_test=8, granularities=granularities,
-                           random_draws=3, greedy_pool=4, pruning={"steps": 2, "batch_size": 4})
+                           random_draws=3, greedy_pool=4, pruning={"steps": 2, "batch_size": 4}, choose_on=choose_on)
     notes: list[str] = []
     result = compare(model, cfg, note=notes.append)
     cost = result["cost"]

@@ -220,6 +220,24 @@ def test_greedy_keeps_fixed_nodes_and_does_not_count_them(planted):
         assert bool(mask[other]) and int(mask.sum()) == size + 1  # the fixed node: in every circuit, never counted
 
 
+def test_greedy_under_several_ablations_minimises_the_largest_gap(planted):
+    """With two ablations, each size's circuit is the one met whose larger |1 - f| is least: never worse on that
+    number than the circuit greedy finds for the counterfactual alone."""
+    _, _, task, f, test, prev, inductors = planted
+    want = {prev - 1, *(i - 1 for i in inductors)}
+    patching = node_patching(f, task, batch_size=24)
+    both = ("counterfactual", "mean-clean")
+
+    def worst(mask: torch.Tensor) -> float:
+        return max(abs(1 - float(faithfulness(test.run(a, nodes=mask[None])["task"], test.empty(a)["task"],
+                                              test.full["task"])[0])) for a in both)
+
+    one = greedy_circuits(test, patching, max_size=len(want), pool=6)
+    two = greedy_circuits(test, patching, max_size=len(want), pool=6, ablations=both)
+    assert set(two) == set(one)
+    assert worst(two[len(want)]) <= worst(one[len(want)]) + 1e-6
+
+
 def test_pruning_without_a_penalty_keeps_every_edge_and_the_full_model(planted):
     _, _, task, f, test, _, _ = planted
     res = edge_pruning(f, task, PruningConfig(targets=(1.0,), steps=10, penalty=0.0, batch_size=8, init=3.0), "edges")

@@ -343,16 +343,20 @@ _PRUNING_OBJECTIVE = typer.Option(_COMPARE.pruning.objective, "--pruning-objecti
 _RANDOM = typer.Option(_COMPARE.random_draws, "--random", help="Random circuits per size (the floor).")
 _SEED = typer.Option(_COMPARE.seed, "--seed")
 _GREEDY_POOL = typer.Option(_COMPARE.greedy_pool, "--greedy-pool", help="Nodes greedy may add: the base ranking's top.")
+_CHOOSE_ON = typer.Option(list(_COMPARE.choose_on), "--choose-on",
+                          help="Ablations a circuit must hold under on validation: greedy's objective and each method's "
+                               "chosen size take the largest |1 - f| among them (repeat for several).")
 _WORDS = typer.Option(None, "--words", help="YAML or JSON file of word lists replacing the built-in ones, for tokenizers "
                                             "that split them: names, places, objects (ioi), year_nouns (greater_than).")
 
 
 def _shared(task: str, n_train: int, n_val: int, n_test: int, pruning_steps: int, pruning_batch: int,
             pruning_lr: float, pruning_objective: str, random_draws: int, greedy_pool: int, seed: int,
-            words: Path | None) -> dict:
+            words: Path | None, choose_on: list[str]) -> dict:
     """The ComparisonConfig settings that circuit and circuit-methods take from the same options."""
     return {"task": task, "n_train": n_train, "n_val": n_val, "n_test": n_test, "random_draws": random_draws,
             "greedy_pool": greedy_pool, "seed": seed, "words": read_yaml(words) if words else None,
+            "choose_on": tuple(choose_on),
             "pruning": {"steps": pruning_steps, "batch_size": pruning_batch, "lr": pruning_lr,
                         "objective": pruning_objective}}
 
@@ -374,6 +378,7 @@ def circuit_cmd(
     pruning_objective: str = _PRUNING_OBJECTIVE,
     random_draws: int = _RANDOM,
     greedy_pool: int = _GREEDY_POOL,
+    choose_on: list[str] = _CHOOSE_ON,
     seed: int = _SEED,
     words: Path = _WORDS,
 ) -> None:
@@ -381,7 +386,7 @@ def circuit_cmd(
     test prompts: its f(k) curve under --ablation beside random circuits, and the chosen circuit under every ablation."""
     methods = ("topk-patching", "greedy") if method == "greedy" else (method,)  # greedy refines patching's ranking
     shared = _shared(task, n_train, n_val, n_test, pruning_steps, pruning_batch, pruning_lr, pruning_objective,
-                     random_draws, greedy_pool, seed, words)
+                     random_draws, greedy_pool, seed, words, choose_on)
     _comparison(model, {**shared, "methods": (*methods, "random"), "granularities": (granularity,),
                         "curve_ablations": (ablation,)}, out, "circuit")
 
@@ -403,13 +408,14 @@ def circuit_methods_cmd(
     pruning_objective: str = _PRUNING_OBJECTIVE,
     random_draws: int = _RANDOM,
     greedy_pool: int = _GREEDY_POOL,
+    choose_on: list[str] = _CHOOSE_ON,
     seed: int = _SEED,
     words: Path = _WORDS,
 ) -> None:
     """Compare circuit-discovery methods on held-out prompts: MIB curves (CPR, CMD, k*) under counterfactual and mean
     ablation, each method's circuit under every ablation and metric, and the reported head and edge circuits."""
     shared = _shared(task, n_train, n_val, n_test, pruning_steps, pruning_batch, pruning_lr, pruning_objective,
-                     random_draws, greedy_pool, seed, words)
+                     random_draws, greedy_pool, seed, words, choose_on)
     _comparison(model, {**shared, "methods": tuple(method), "granularities": tuple(granularity)}, out,
                 "circuit-methods")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
@@ -70,7 +70,7 @@ def _circuit_fns(forward: MaskedForward, train, val: Evaluator, cfg: ComparisonC
             t = time.perf_counter()
             fixed = ~heads if gran == "heads" else None  # head circuits keep every MLP
             found = greedy_circuits(val, base, max_size=max(1, int(0.1 * g.n_units(gran))), pool=cfg.greedy_pool,
-                                    fixed=fixed)
+                                    ablations=cfg.choose_on, fixed=fixed)
             units = heads if gran == "heads" else torch.ones(g.n_nodes, dtype=torch.bool)
             fns["greedy", gran] = lambda k, f=found, b=base[units], u=units: f[k][u] if k in f else top_k(b, k)
             seconds["greedy", gran] = time.perf_counter() - t + seconds.get((base_name, gran), 0.0)
@@ -90,17 +90,20 @@ def candidate_counts(n_units: int, granularity: str) -> list[int]:
     return sorted(c for c in counts if c >= 1)
 
 
-def choose_size(val: Evaluator, gran: str, circuit: Callable[[int], torch.Tensor]) -> tuple[int, float]:
-    """The count to report: the smallest candidate size whose validation f (counterfactual) is within 0.1 of 1,
-    else the size closest to 1. Returns (count, validation f)."""
+def choose_size(val: Evaluator, gran: str, circuit: Callable[[int], torch.Tensor],
+                ablations: Sequence[str] = ("counterfactual",)) -> tuple[int, float, float]:
+    """The count to report: the smallest candidate size whose validation f is within 0.1 of 1 under every one of
+    ``ablations``, else the size whose largest |1 - f| is least. Returns (count, validation f under the first
+    ablation, that largest |1 - f|)."""
     g = val.forward.graph
     counts = candidate_counts(g.n_units(gran), gran)
-    values = run_masks(val, "counterfactual", gran, torch.stack([circuit(k) for k in counts]))["task"]
-    f = faithfulness(values, val.empty("counterfactual")["task"], val.full["task"])
-    gap = (1 - f).abs()
+    masks = torch.stack([circuit(k) for k in counts])
+    fs = [faithfulness(run_masks(val, a, gran, masks)["task"], val.empty(a)["task"], val.full["task"])
+          for a in ablations]
+    gap = torch.stack([(1 - f).abs() for f in fs]).amax(0)
     ok = (gap <= TOLERANCE).nonzero()
     i = int(ok[0, 0]) if len(ok) else int(gap.argmin())
-    return counts[i], float(f[i])
+    return counts[i], float(fs[0][i]), float(gap[i])
 
 
 def robustness(test: Evaluator, gran: str, mask: torch.Tensor, draws: int = 0, seed: int = 0) -> dict:
@@ -137,11 +140,11 @@ def reported(test: Evaluator, chosen: dict, cfg: ComparisonConfig) -> dict:
     g = test.forward.graph
     out: dict = {}
     for gran in cfg.granularities:
-        options = [(abs(1 - v[1]) > TOLERANCE, v[0], abs(1 - v[1]), m) for (m, gg), v in chosen.items() if gg == gran]
+        options = [(v[2] > TOLERANCE, v[0], v[2], m) for (m, gg), v in chosen.items() if gg == gran]
         if not options:
             continue
         _, count, _, method = min(options)
-        _, f_val, mask = chosen[method, gran]
+        _, f_val, _, mask = chosen[method, gran]
         units = g.unit_names(gran)
         rob = robustness(test, gran, mask, cfg.random_draws, cfg.seed)
         members = [units[i] for i in mask.nonzero()[:, 0].tolist()]
@@ -200,9 +203,9 @@ def compare(model: HookedTransformer, cfg: ComparisonConfig, note: Callable[[str
             note(f"{method} {gran} {abl}: CPR {summary['cpr']:.3f} CMD {summary['cmd']:.3f} k* {summary['k_star']}")
         if fn is None:
             continue
-        count, f_val = choose_size(val, gran, fn)
+        count, f_val, gap = choose_size(val, gran, fn, cfg.choose_on)
         mask = fn(count)
-        chosen[method, gran] = (count, f_val, mask)
+        chosen[method, gran] = (count, f_val, gap, mask)
         robust.append({"name": method, "granularity": gran, "count": count, "val_f": f_val,
                        **robustness(test, gran, mask)})
         note(f"{method} {gran}: chose {count} on validation (f {f_val:.3f})")

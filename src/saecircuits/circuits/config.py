@@ -52,6 +52,9 @@ class ComparisonConfig(Config):
     ig_steps: int = Field(5, ge=1)
     random_draws: int = Field(20, ge=1)
     greedy_pool: int = Field(16, ge=1, description="candidates greedy adds from: the base ranking's top nodes")
+    choose_on: tuple[str, ...] = Field(("counterfactual",), description=(
+        "ablations a circuit must hold under on validation: greedy's objective and each method's chosen size take "
+        "the largest |1 - f| among them (the first is the validation f reported)"))
     pruning: PruningConfig = Field(default_factory=PruningConfig)
     batch_size: int = Field(16, ge=1)
     n_boot: int = Field(1000, ge=10)
@@ -72,10 +75,11 @@ class ComparisonConfig(Config):
     def _split_task(cls, v: str) -> str:
         return split_task(v)
 
-    @field_validator("methods", "curve_ablations")
+    @field_validator("methods", "curve_ablations", "choose_on")
     @classmethod
     def _known_names(cls, v: tuple[str, ...], info) -> tuple[str, ...]:
-        what, allowed = {"methods": ("method", METHODS), "curve_ablations": ("ablation", ABLATIONS)}[info.field_name]
+        what, allowed = {"methods": ("method", METHODS), "curve_ablations": ("ablation", ABLATIONS),
+                         "choose_on": ("ablation", ABLATIONS)}[info.field_name]
         unknown = [x for x in v if x not in allowed]
         if unknown or not v:
             raise ValueError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")

@@ -56,7 +56,9 @@ def planned_work(cfg: ComparisonConfig, graph: ComputationGraph, splits: TaskSpl
     used = {"counterfactual"} | set(cfg.curve_ablations) | (set(ABLATIONS) if set(cfg.methods) - {"random"} else set())
     for abl in used:  # each ablation's sender outputs and its empty circuit, once on test
         add("nodes", ablated[abl]), add("edges", te)
-    add("nodes", va), add("edges", va)  # validation's counterfactual and empty circuit
+    add("nodes", va)  # validation's counterfactual run (the calibration's ablation)
+    for abl in cfg.choose_on:  # validation's other ablations, and each one's empty circuit
+        add("nodes", {"counterfactual": 0, "resample": va}.get(abl, ablated[abl])), add("edges", va)
     for method in cfg.methods:
         if method == "topk-patching":
             add("nodes", tr * (3 + g.per_layer_senders * (g.n_layers + 1) / 2))  # each block's nodes from that block
@@ -71,7 +73,7 @@ def planned_work(cfg: ComparisonConfig, graph: ComputationGraph, splits: TaskSpl
         elif method == "greedy":
             for gran in {"nodes", "heads"} & set(cfg.granularities):
                 rounds = min(cfg.greedy_pool, max(1, int(0.1 * g.n_units(gran))))
-                add("nodes", va * (1 + rounds * (2 + 0.5 * cfg.greedy_pool)))
+                add("nodes", len(cfg.choose_on) * va * (1 + rounds * (2 + 0.5 * cfg.greedy_pool)))
     for method in cfg.methods:
         for gran in cfg.granularities:
             if gran == "edges" and method in ("topk-patching", "greedy"):  # they rank nodes only
@@ -80,7 +82,7 @@ def planned_work(cfg: ComparisonConfig, graph: ComputationGraph, splits: TaskSpl
                 add(gran, cfg.random_draws * len(MIB_SIZES) * te)
                 continue
             add(gran, len(cfg.curve_ablations) * len(MIB_SIZES) * te)  # the curves
-            add(gran, n_candidates[gran] * va)  # choosing the size on validation
+            add(gran, len(cfg.choose_on) * n_candidates[gran] * va)  # choosing the size on validation
             add(gran, len(ABLATIONS) * te)  # its circuit under every ablation
     if set(cfg.methods) - {"random"}:
         for gran in cfg.granularities:  # the reported circuits beside random ones of their size

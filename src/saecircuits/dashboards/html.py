@@ -161,7 +161,7 @@ def feature_section(fv: dict, vis: dict[int, str], link: str = "{}.html") -> str
     out.append(f"<div><h2>Nearest features (decoder cosine)</h2><table>{nb}</table></div></div>")
     if not fv["dead"]:
         scale = fv["max_act"] or 1.0
-        out.append(f'<h2>Top activations</h2><p class="meta">one example per context, centred on its maximum</p>')
+        out.append('<h2>Top activations</h2><p class="meta">one example per context, centred on its maximum</p>')
         out.extend(example(*ex, scale=scale, vis=vis) for ex in fv["top"])
         for band in fv["bands"]:
             out.append(f"<h2>{esc(band['label'])}</h2>")

@@ -81,7 +81,10 @@ def render(result: dict, figures: list[str]) -> str:
     for a in ABLATION_ORDER:
         lines += curves_table(result["methods"], a)
     lines += [f"![f(k)]({f})" for f in figures] + [""]
-    lines += ["## Reported circuits (chosen on validation, scored on test)", ""]
+    choose_on = result.get("config", {}).get("choose_on") or ["counterfactual"]
+    lines += ["## Reported circuits (chosen on validation, scored on test)", "",
+              f"Each size was chosen (and greedy refined) on validation prompts to hold under: {', '.join(choose_on)} "
+              "(the largest |1 - f| among them); validation f is under the first.", ""]
     for key, name in (("head_circuit", "Head circuit"), ("head_circuit_mlps_kept", "Head circuit, MLPs kept"),
                       ("edge_circuit", "Edge circuit")):
         if key in c:

@@ -11,41 +11,47 @@ that node's block, starting from the current circuit's stream there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from saecircuits.circuits.evaluation import Evaluator
 from saecircuits.circuits.faithfulness import normalised
 
 
-def greedy_circuits(val: Evaluator, base: torch.Tensor, max_size: int, pool: int = 24, ablation: str = "counterfactual",
-                    metric: str = "task", fixed: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+def greedy_circuits(val: Evaluator, base: torch.Tensor, max_size: int, pool: int = 24,
+                    ablations: Sequence[str] = ("counterfactual",), metric: str = "task",
+                    fixed: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
     """Node circuits by size ([n_nodes] bool each), refined on ``val`` from the ranking ``base`` [n_nodes].
 
-    ``fixed`` [n_nodes] bool: nodes every circuit keeps (e.g. the MLPs, for head circuits); they are never
-    candidates and not counted in a circuit's size."""
+    A circuit's distance from f = 1 is the largest |1 - f| under ``ablations``. ``fixed`` [n_nodes] bool: nodes
+    every circuit keeps (e.g. the MLPs, for head circuits); they are never candidates and not counted in a
+    circuit's size."""
     g = val.forward.graph
     n = len(base)
     fixed = torch.zeros(n, dtype=torch.bool) if fixed is None else fixed
     candidates = [c for c in base.abs().argsort(descending=True).tolist() if not fixed[c]][:pool]
-    full, empty = val.full[metric], val.empty(ablation)[metric]
+    full = val.full[metric]
     current = fixed.clone()
     best: dict[int, tuple[float, torch.Tensor]] = {}
 
-    def gap(values: torch.Tensor) -> torch.Tensor:
-        return (1 - normalised(values, full[None], empty[None])).abs()
+    def gap(values: torch.Tensor, ablation: str) -> torch.Tensor:
+        return (1 - normalised(values, full[None], val.empty(ablation)[metric][None])).abs()
 
     def flips(nodes: list[int]) -> torch.Tensor:
         """|1 - f| of the current circuit with each of ``nodes`` flipped, [len(nodes)]; each layer's flips run
         as one batch from that layer, on the current circuit's stream."""
-        streams = val.streams(ablation, current)
-        out = torch.empty(len(nodes))
+        out = torch.zeros(len(nodes))
         layers = [g.sender_layer[j + 1] for j in nodes]  # node j is sender j + 1
-        for L in sorted(set(layers)):
-            idx = [i for i, layer in enumerate(layers) if layer == L]
-            masks = current[None].repeat(len(idx), 1)
-            for row, i in enumerate(idx):
-                masks[row, nodes[i]] = ~masks[row, nodes[i]]
-            out[idx] = gap(val.run(ablation, nodes=masks, start=(L, streams[L]))[metric])
+        for ablation in ablations:
+            streams = val.streams(ablation, current)
+            for L in sorted(set(layers)):
+                idx = [i for i, layer in enumerate(layers) if layer == L]
+                masks = current[None].repeat(len(idx), 1)
+                for row, i in enumerate(idx):
+                    masks[row, nodes[i]] = ~masks[row, nodes[i]]
+                vals = val.run(ablation, nodes=masks, start=(L, streams[L]))[metric]
+                out[idx] = torch.maximum(out[idx], gap(vals, ablation))
         return out
 
     def record(mask: torch.Tensor, value: float) -> None:
@@ -53,7 +59,7 @@ def greedy_circuits(val: Evaluator, base: torch.Tensor, max_size: int, pool: int
         if size not in best or value < best[size][0]:
             best[size] = (value, mask.clone())
 
-    record(current, float(gap(val.run(ablation, nodes=current[None])[metric])[0]))
+    record(current, max(float(gap(val.run(a, nodes=current[None])[metric], a)[0]) for a in ablations))
     for _ in range(pool):
         outside = [c for c in candidates if not current[c]]
         if not outside or int((current & ~fixed).sum()) >= max_size:
