@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 import pytest
@@ -12,6 +13,10 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# a suite started in the background of a script inherits SIGINT ignored (POSIX), and so would every command it starts;
+# the interrupt tests need Ctrl-C to mean what it means at a terminal (a Python handler resets to default at exec)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_byte_tokenizer():
