@@ -20,6 +20,7 @@ from saecircuits.app.command import app, command, console
 from saecircuits.app.demo import QUICK, DemoConfig
 from saecircuits.app.demo import run as run_demo
 from saecircuits.app.layers_commands import layers_app
+from saecircuits.app.study_commands import study_app
 from saecircuits.circuits.config import ABLATIONS, METHODS, REPORTED, ComparisonConfig
 from saecircuits.core.config import read_yaml, validate
 from saecircuits.core.errors import SaecircuitsError
@@ -276,6 +277,7 @@ def print_train_summary(summary: dict, out: str) -> None:
 
 
 app.add_typer(layers_app, name="layers")  # saecircuits layers MODE: layer-wise analysis (layers_commands)
+app.add_typer(study_app, name="study")  # saecircuits study NAME: the seed papers' head-level studies (study_commands)
 
 
 # ---------------------------------------------------------------- circuit: a task's head circuit, validated by ablation

@@ -92,3 +92,24 @@ class ComparisonConfig(Config):
         if set(self.methods) <= {"random"}:
             raise ValueError("random is the floor, not a method: add a discovery method")
         return self
+
+
+class RetrievalConfig(Config):
+    """The needle-in-a-haystack study's sizes."""
+
+    text: str = Field("bible", description="the haystack's text source (stdlib | bible | PATH | hf:NAME)")
+    lengths: tuple[int, ...] = Field((256, 512, 1024), min_length=1, description="haystack lengths in tokens")
+    depths: int = Field(10, ge=1, description="needle depths, evenly from 0% to 100% of the haystack")
+    threshold: float = Field(0.1, ge=0, le=1, description="retrieval heads score above this (the paper's 0.1)")
+    min_recall: float = Field(0.5, ge=0, le=1, description="trials count when the answer's token recall exceeds this")
+    top_k: int = Field(0, ge=0, description="heads masked in the causal test (0: every retrieval head)")
+    random_draws: int = Field(5, ge=1, description="random head sets masked beside them")
+    n_boot: int = Field(1000, ge=10)
+    seed: int = 0
+
+    @field_validator("lengths")
+    @classmethod
+    def _positive_lengths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(n < 16 for n in v):
+            raise ValueError("haystack lengths must be at least 16 tokens")
+        return tuple(sorted(set(v)))
