@@ -67,21 +67,38 @@ class Terminated(KeyboardInterrupt):
     staged output folders are removed and the previous output stays as it was."""
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(f"signal {signum}")
+_received: list[int] = []  # the signals met while a command ran
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    _received.append(signum)
+    raise Terminated(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``Terminated`` (main thread only: signal handlers live there)."""
+def _signals_as_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``Terminated`` and Ctrl-C ``KeyboardInterrupt``, and each is noted: a library
+    that turns the interrupt into another error on its way up (transformers does, inside a lazy import) still ends
+    the command as an interrupt. Main thread only: signal handlers live there."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _received.clear()
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGINT)
+                if s == signal.SIGTERM or signal.getsignal(s) is signal.default_int_handler}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stopped(terminated: bool, resumes: bool) -> None:
+    """End an interrupted command: one line saying whether a rerun resumes, exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/yellow]; " +
+                  ("finished work is kept, rerun to resume" if resumes else
+                   "this command does not resume: rerun it from the start"))
+    raise typer.Exit(143 if terminated else 130) from None
 
 
 def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = None, name: str | None = None,
@@ -96,7 +113,7 @@ def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = No
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            with _terminate_as_interrupt():
+            with _signals_as_interrupts():
                 return fn(*args, **kwargs)
         except SaecircuitsError as e:
             if _state["debug"]:
@@ -104,10 +121,7 @@ def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = No
             console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
-            what = "terminated" if isinstance(e, Terminated) else "interrupted"
-            console.print(f"[yellow]{what}[/yellow]; " + ("finished work is kept, rerun to resume" if resumes else
-                                                              "this command does not resume: rerun it from the start"))
-            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+            _stopped(isinstance(e, Terminated), resumes)
         except MemoryError:
             if _state["debug"]:
                 raise
@@ -116,6 +130,8 @@ def command(fn: Callable[..., Any] | None = None, *, on: typer.Typer | None = No
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - anything else is our bug: say so briefly
+            if _received:  # an interrupt that a library turned into another error
+                _stopped(_received[-1] == signal.SIGTERM, resumes)
             if _state["debug"]:
                 raise
             console.print(
