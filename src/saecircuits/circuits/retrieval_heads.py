@@ -23,6 +23,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saecircuits.circuits.config import RetrievalConfig
+from saecircuits.circuits.faithfulness import bootstrap
 from saecircuits.core.errors import SaecircuitsError
 
 # (needle, question): train needles choose the heads, test needles (and another haystack) score the masking
@@ -218,14 +219,6 @@ def scored(model: HookedTransformer, trials: list[Trial], facts: list, hooks: li
     return {"needle_recall": recall, "fact_accuracy": facts_ok}
 
 
-def bootstrap_mean(values: torch.Tensor, n_boot: int, seed: int) -> list[float]:
-    """95% bootstrap interval of the mean of ``values`` [n]."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(values), (n_boot, len(values)), generator=g)
-    means = values[idx].float().mean(1)
-    return [float(means.quantile(0.025)), float(means.quantile(0.975))]
-
-
 def study(model: HookedTransformer, cfg: RetrievalConfig, note: Callable[[str], None] = lambda s: None) -> dict:
     """Scores on train needles and haystack, their stability on test, and the causal test on test."""
     n_hay = max(cfg.lengths)
@@ -265,7 +258,7 @@ def study(model: HookedTransformer, cfg: RetrievalConfig, note: Callable[[str], 
         masking[f"random-{how}"] = {m: torch.stack([p[m] for p in per_draw]).mean(0) for m in per_draw[0]}
         note(f"masked by {how}: needle recall {masking[f'retrieval-{how}']['needle_recall'].mean():.3f} (retrieval heads) "
              f"vs {masking[f'random-{how}']['needle_recall'].mean():.3f} (random)")
-    result["masking"] = {cond: {m: {"mean": float(v.mean()), "ci": bootstrap_mean(v, cfg.n_boot, cfg.seed)}
+    result["masking"] = {cond: {m: {"mean": float(v.mean()), "ci": list(bootstrap(v.float(), lambda x: x.mean(-1), cfg.n_boot, cfg.seed))}
                                 for m, v in vals.items()} for cond, vals in masking.items()}
     result["masked_heads"] = {"retrieval": [f"{a}.{b}" for a, b in retrieval[:k]],
                               "random": [[f"{a}.{b}" for a, b in d] for d in draws]}
