@@ -72,7 +72,7 @@ def test_the_study_runs_end_to_end_and_writes_its_folder(tmp_path):
     assert result["answered"] == {"train": 0, "test": 0, "of": 12}
     assert result["retrieval_heads"] == [] and "skipped" in result["masking"]
     folder = write(result, tmp_path / "rh", "tiny", cfg)
-    assert sorted(p.name for p in folder.iterdir()) == ["retrieval_heads.json", "scores.png", "summary.md"]
+    assert sorted(p.name for p in folder.iterdir()) == ["figure.png", "retrieval_heads.json", "summary.md"]
     assert json.loads((folder / "retrieval_heads.json").read_text())["share"] == 0.0
     assert "Paper: under 5% of heads" in (folder / "summary.md").read_text()
     with pytest.raises(SaecircuitsError, match="longer than"):

@@ -131,7 +131,9 @@ def synthetic_results() -> dict:
             "training": {"model": "tiny", "tokens": 4096, "steps": 4, "seconds": 1.5, "tokens_per_second": 2730.0,
                          "saes": saes, "curves": curves},
             "dashboards": dashboards, "matching": matching, "heads": heads, "circuit": circuit, "attention": attention,
-            "head_pages": pages, "layers": layers}
+            "head_pages": pages, "layers": layers,
+            "studies": {"studies": [{"study": "Talking Heads (Merullo et al. 2024)", "folder": "talking-heads-tiny",
+                                     "model": "tiny", "summary": f"# Talking Heads on tiny\n\nprompt {MAL_TOKEN}\n"}]}}
 
 
 TABLE_NAMES = {"circuit_heads", "circuit_faithfulness", "circuit_methods", "circuit_robustness", "sae_metrics", "dashboard_features", "matching_pairs", "matched_features",

@@ -429,6 +429,8 @@ def report(
     out: Path = typer.Option(None, "--out", help="Report folder (default RUN_DIR/report, or the folder holding --from's results.json)."),
     attention: bool = typer.Option(True, "--attention/--no-attention",
                                    help="Load the model to draw the circuit heads' attention patterns (when the circuit results lack them)."),
+    studies: Path = typer.Option(None, "--studies", help="A folder of seed-paper study outputs (saecircuits study ...), "
+                                 "e.g. circuits/results: their summaries become the report's studies section."),
 ) -> None:
     """The circuit report of a run: index.html (self-contained), report.md, figures (PDF+PNG), LaTeX tables, results.json."""
     from saecircuits.core.files import read_json
@@ -437,7 +439,10 @@ def report(
     if (run_dir is None) == (from_json is None):
         raise SaecircuitsError("give either RUN_DIR or --from results.json (exactly one)",
                                "saecircuits report runs/demo, or saecircuits report --from runs/demo/report/results.json --out DIR")
-    paths = regenerate(from_json, out) if from_json else report_run(run_dir, out, attention=attention)
+    if from_json and studies:
+        raise SaecircuitsError("--studies applies to a report of a run folder; --from regenerates a report as it was",
+                               "drop --studies, or give RUN_DIR instead of --from")
+    paths = regenerate(from_json, out) if from_json else report_run(run_dir, out, attention=attention, studies=studies)
     results = read_json(paths["results"], what="report results")
     for section, value in results.items():  # say what the report leaves out, and why, not only in the HTML
         if isinstance(value, dict) and "missing" in value:

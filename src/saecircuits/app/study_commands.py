@@ -9,11 +9,13 @@ import typer
 from rich.markup import escape
 
 from saecircuits.app.command import command, console
-from saecircuits.circuits.config import RetrievalConfig
+from saecircuits.circuits.config import RetrievalConfig, ReuseConfig, TalkingHeadsConfig
 from saecircuits.core.config import validate
 
-study_app = typer.Typer(help="The seed papers' head-level studies (retrieval heads).", no_args_is_help=True)
+study_app = typer.Typer(help="The seed papers' head-level studies (retrieval heads, talking heads, component reuse).", no_args_is_help=True)
 _RETRIEVAL = RetrievalConfig()
+_TALKING = TalkingHeadsConfig()
+_REUSE = ReuseConfig()
 
 
 @command(on=study_app, name="retrieval-heads")
@@ -39,4 +41,59 @@ def retrieval_heads(
     lm = m.load(model)
     result = rh.study(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
     folder = rh.write(result, target, model, cfg)
+    console.print(f"written: {folder} (summary.md beside the paper's numbers)")
+
+
+@command(on=study_app, name="talking-heads")
+def talking_heads(
+    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/talking-heads-MODEL)."),
+    size: list[int] = typer.Option(list(_TALKING.sizes), "--items", help="Laundry List length (repeat)."),
+    n: int = typer.Option(_TALKING.n, "--n", help="Prompts per list length in each of the choose and test sets."),
+    heads: int = typer.Option(_TALKING.heads, "--heads", help="Inhibition heads kept."),
+    rank: int = typer.Option(_TALKING.rank, "--rank", help="OV components per head's inhibition subspace."),
+    random_draws: int = typer.Option(_TALKING.random_draws, "--random", help="Random-component control edits."),
+    seed: int = typer.Option(_TALKING.seed, "--seed"),
+) -> None:
+    """Talking Heads (Merullo et al. 2024): the Laundry List task's inhibition heads, the OV components carrying the
+    inhibition, the items' positional index, and representation and weight edits of those components against
+    random-component edits, on held-out prompts."""
+    from saecircuits.circuits import talking_heads as th
+    from saecircuits.core.files import check_output_dir
+    from saecircuits.model import loading as m
+
+    cfg = validate(TalkingHeadsConfig, {"sizes": tuple(size), "n": n, "heads": heads, "rank": rank,
+                                        "candidates": max(_TALKING.candidates, heads), "random_draws": random_draws,
+                                        "seed": seed}, where="talking-heads")
+    target = check_output_dir(out or Path("circuits/results") / f"talking-heads-{model}")
+    lm = m.load(model)
+    result = th.study(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
+    folder = th.write(result, target, model, cfg)
+    console.print(f"written: {folder} (summary.md beside the paper's numbers)")
+
+
+@command(on=study_app, name="component-reuse")
+def component_reuse(
+    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/component-reuse-MODEL)."),
+    n_train: int = typer.Option(_REUSE.n_train, "--n-train", help="Train prompts a task."),
+    n_test: int = typer.Option(_REUSE.n_test, "--n-test", help="Held-out prompts a task."),
+    control: str = typer.Option(_REUSE.control, "--control", help="Control task: greater_than | induction."),
+    repair_heads: int = typer.Option(_REUSE.repair_heads, "--repair-heads", help="Middle-layer heads to repair."),
+    random_draws: int = typer.Option(_REUSE.random_draws, "--random", help="Random head sets given the same edit."),
+    seed: int = typer.Option(_REUSE.seed, "--seed"),
+) -> None:
+    """Circuit Component Reuse (Merullo et al. 2024): overlap of the IOI and Colored Objects circuits (EAP-IG) with a
+    random null and a control task, and the repair of Colored Objects by setting middle-layer heads to their IOI
+    behaviour, against random heads, on held-out prompts."""
+    from saecircuits.circuits import component_reuse as cr
+    from saecircuits.core.files import check_output_dir
+    from saecircuits.model import loading as m
+
+    cfg = validate(ReuseConfig, {"n_train": n_train, "n_test": n_test, "control": control, "repair_heads": repair_heads,
+                                 "random_draws": random_draws, "seed": seed}, where="component-reuse")
+    target = check_output_dir(out or Path("circuits/results") / f"component-reuse-{model}")
+    lm = m.load(model)
+    result = cr.study(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
+    folder = cr.write(result, target, model, cfg)
     console.print(f"written: {folder} (summary.md beside the paper's numbers)")

@@ -113,3 +113,59 @@ class RetrievalConfig(Config):
         if any(n < 16 for n in v):
             raise ValueError("haystack lengths must be at least 16 tokens")
         return tuple(sorted(set(v)))
+
+
+class TalkingHeadsConfig(Config):
+    """The Talking Heads study's sizes (circuits/talking_heads.py says what each step does)."""
+
+    sizes: tuple[int, ...] = Field((3, 4, 5, 6), min_length=1, description="list lengths of the Laundry List prompts")
+    n: int = Field(64, ge=8, description="prompts per list length, in each of the choose and test sets")
+    heads: int = Field(3, ge=1, description="inhibition heads kept")
+    candidates: int = Field(12, ge=1, description="heads measured by real ablation after the attribution ranking")
+    rank: int = Field(3, ge=1, description="OV components spanning each head's inhibition subspace")
+    alphas: tuple[float, ...] = Field((0.0, 0.5, 1.5, 2.0, 3.0), min_length=1,
+                                      description="weight-edit scales tried on the choose prompts")
+    random_draws: int = Field(5, ge=1, description="random-component control edits")
+    n_boot: int = Field(1000, ge=10)
+    seed: int = 0
+
+    @field_validator("sizes")
+    @classmethod
+    def _list_lengths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(n < 2 for n in v):
+            raise ValueError("lists need at least 2 items")
+        return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _candidates_cover_heads(self) -> TalkingHeadsConfig:
+        if self.candidates < self.heads:
+            raise ValueError(f"candidates ({self.candidates}) must be at least heads ({self.heads})")
+        return self
+
+
+class ReuseConfig(Config):
+    """The Circuit Component Reuse study's sizes (circuits/component_reuse.py says what each step does)."""
+
+    n_train: int = Field(32, ge=4, description="train prompts a task (circuits, heads to repair)")
+    n_test: int = Field(64, ge=8, description="held-out prompts a task (accuracies, the repair)")
+    control: str = Field("greater_than", description="the control task whose circuit the two are compared with")
+    ig_steps: int = Field(5, ge=1)
+    percents: tuple[float, ...] = Field((2.0, 5.0, 10.0, 20.0), min_length=1, description="circuit sizes, % of heads")
+    repair_heads: int = Field(4, ge=1, description="middle-layer heads set to their IOI behaviour (the paper: 4)")
+    random_draws: int = Field(5, ge=1)
+    n_boot: int = Field(1000, ge=10)
+    seed: int = 0
+
+    @field_validator("percents")
+    @classmethod
+    def _percent_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < p <= 100 for p in v):
+            raise ValueError("circuit sizes are percents in (0, 100]")
+        return tuple(sorted(set(v)))
+
+    @field_validator("control")
+    @classmethod
+    def _control_has_splits(cls, v: str) -> str:
+        if v not in ("greater_than", "induction"):
+            raise ValueError("the control task must be one with held-out splits: greater_than or induction")
+        return v

@@ -309,28 +309,16 @@ def summary_markdown(result: dict, model_name: str, cfg: RetrievalConfig) -> str
 
 
 def write(result: dict, folder, model_name: str, cfg: RetrievalConfig):
-    """``retrieval_heads.json``, ``scores.png`` (train scores, layer x head) and ``summary.md``, swapped in whole."""
-    from pathlib import Path
+    """``retrieval_heads.json``, ``figure.png`` (train scores, layer x head) and ``summary.md``, swapped in whole."""
+    from saecircuits.circuits.study_files import write_study
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from saecircuits.core.files import save_figure, staged_dir, write_json, write_text
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with staged_dir(folder) as tmp:
-        write_json(tmp / "retrieval_heads.json", {**result, "model": model_name, "config": cfg.model_dump(mode="json"),
-                                                  "paper": PAPER})
+    def figure(plt):
         fig, ax = plt.subplots(figsize=(6, 5))
         im = ax.imshow(torch.tensor(result["scores"]).numpy(), aspect="auto", cmap="viridis")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(f"retrieval score, {model_name}")
         fig.colorbar(im, ax=ax)
-        save_figure(fig, tmp / "scores", formats=("png",))
-        plt.close(fig)
-        write_text(tmp / "summary.md", summary_markdown(result, model_name, cfg))
-    return folder
+        return fig
+    return write_study(folder, "retrieval_heads.json", {**result, "model": model_name, "config": cfg.model_dump(mode="json"),
+                                                        "paper": PAPER}, summary_markdown(result, model_name, cfg), figure)

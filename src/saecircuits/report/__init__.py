@@ -75,10 +75,11 @@ def _typed_rows(data: list[list]) -> list[list]:
 
 
 def report_run(run_dir: str | Path, out_dir: str | Path | None = None, model=None, run=None,
-               attention: bool = True) -> dict:
-    """Collect ``run_dir`` and write its report into ``out_dir`` (default ``run_dir/report``)."""
+               attention: bool = True, studies: str | Path | None = None) -> dict:
+    """Collect ``run_dir`` (and the study folders under ``studies``) and write its report into ``out_dir``
+    (default ``run_dir/report``)."""
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
-    results = collect(run_dir, out, model=model, attention=attention)
+    results = collect(run_dir, out, model=model, attention=attention, studies=studies)
     return write_report(results, out, run=run)
 
 

@@ -23,6 +23,7 @@ from saecircuits.layerwise import results as layer_results
 from saecircuits.matching.outputs import pair_folder
 from saecircuits.matching.result import MatchedPair, MatchResult
 from saecircuits.report.attention import attention_section
+from saecircuits.report.studies import collect_studies
 from saecircuits.training.summary import SpliceMetrics, TrainedSAE, TrainingSummary, read_summary
 
 SCHEMA = "saecircuits.report/1"
@@ -33,11 +34,12 @@ KINDS = ("Q", "K", "V")
 
 def collect(run_dir: str | Path, report_dir: str | Path | None = None, model=None, attention: bool = True,
             top_features: int = 10, top_pairs: int = 10, top_edges: int = 10, attention_heads: int = 6,
-            curve_points: int = 200) -> dict:
+            curve_points: int = 200, studies: str | Path | None = None) -> dict:
     """The report's results dict for ``run_dir`` (links relative to ``report_dir``, default ``run_dir/report``).
 
     ``model``: the run's model (a HookedTransformer), used once for the circuit heads' attention patterns on
-    the task's first clean prompt; without it the model is loaded by name when ``attention`` is true."""
+    the task's first clean prompt; without it the model is loaded by name when ``attention`` is true.
+    ``studies``: a folder of seed-paper study outputs (``saecircuits study ...``, e.g. circuits/results)."""
     run = Path(run_dir).resolve()
     if not run.is_dir():
         raise SaecircuitsError(f"run folder {run_dir} does not exist", "pass the folder saecircuits demo wrote (--out)")
@@ -53,6 +55,7 @@ def collect(run_dir: str | Path, report_dir: str | Path | None = None, model=Non
     results["attention"] = attention_section(results, model, attention, attention_heads)
     results["head_pages"] = _head_pages(ctx, results)
     results["layers"] = _section(ctx, "layers", lambda: _layers(ctx))
+    results["studies"] = collect_studies(studies)
     configs = {"matching": results["matching"].get("config"), "heads": results["heads"].get("config"),
                "circuit": results["circuit"].get("config")}
     results["meta"]["seeds"].update(_seeds({k: {"settings": v} for k, v in configs.items() if v}))

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from saecircuits.core.files import ensure_dir, write_text
+from saecircuits.report.studies import studies_html, studies_markdown
 from saecircuits.report.tables import Table, href, md_escape, num, to_html, to_markdown
 
 CSS = """
@@ -40,7 +41,7 @@ code,.tok{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 
 SECTIONS = [("summary", "Summary"), ("training", "SAE training"), ("dashboards", "Feature dashboards"),
             ("matching", "Feature matching"), ("heads", "Head graph"), ("circuit", "Circuit"),
-            ("layers", "Layer analysis"), ("reproducibility", "Reproducibility")]
+            ("layers", "Layer analysis"), ("studies", "Seed-paper studies"), ("reproducibility", "Reproducibility")]
 
 FIGURE_CAPTIONS = {
     "training_curves": "SAE training loss and explained variance against training tokens.",
@@ -160,6 +161,9 @@ def _section_html(key: str, results: dict, tables: dict[str, Table], figures: di
     if key == "layers":
         lay = results["layers"]
         return T("layer_numbers") + "".join(F(f"layers_{n}") for n in lay["analyses"])
+    if key == "studies":
+        st = results.get("studies") or {"missing": "this report was written before studies were reported"}
+        return _missing(st) if not _ok(st) else studies_html(st)
     if key == "reproducibility":
         return _repro_html(results)
     raise KeyError(key)
@@ -260,6 +264,9 @@ def render_markdown(results: dict, tables: list[Table], figures: dict[str, Path]
     lay = results["layers"]
     out.append("## Layer analysis\n")
     out.append(_md_missing(lay) if not _ok(lay) else T("layer_numbers") + "".join(F(f"layers_{n}") for n in lay["analyses"]))
+    st = results.get("studies") or {"missing": "this report was written before studies were reported"}
+    out.append("## Seed-paper studies\n")
+    out += [_md_missing(st)] if not _ok(st) else studies_markdown(st)
     out += _md_reproducibility(meta)
     return "\n".join(out)
 
