@@ -34,6 +34,7 @@ from saecircuits.circuits.config import TalkingHeadsConfig
 from saecircuits.circuits.faithfulness import bootstrap
 from saecircuits.circuits.task import Task
 from saecircuits.core.errors import SaecircuitsError
+from saecircuits.model.frozen import frozen
 
 Head = tuple[int, int]
 PAPER = {"edits": "the representation and weight edits often improve Laundry List accuracy by more than 20 points",
@@ -162,11 +163,11 @@ def attribution(model: HookedTransformer, task: Task, means: torch.Tensor, V: to
         def keep(act, hook):
             act.retain_grad()
             acts[hook.name] = act
-        with torch.enable_grad():
-            logits = model.run_with_hooks(part.clean, fwd_hooks=[(lambda n: n.endswith(("attn.hook_z", "hook_attn_out")), keep),
-                                                                 (f"blocks.{L - 1}.hook_resid_post", keep)])
+        with torch.enable_grad(), frozen(model):  # gradients of activations only, none into the weights
+            logits = model.run_with_hooks(part.clean, fwd_hooks=[
+                ("hook_embed", lambda x, hook: x.requires_grad_(True)),
+                (lambda n: n.endswith(("attn.hook_z", "hook_attn_out")), keep), (f"blocks.{L - 1}.hook_resid_post", keep)])
             wrong_logprob(logits[:, -1].float(), part).sum().backward()
-        model.zero_grad(set_to_none=True)
         g_final = acts[f"blocks.{L - 1}.hook_resid_post"].grad[:, -1]
         for layer in range(L):
             z = acts[f"blocks.{layer}.attn.hook_z"][:, -1].detach()
