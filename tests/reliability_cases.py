@@ -347,6 +347,17 @@ def bad_inputs(fx: Fixtures, work: Path) -> list[Case]:
                       ["heads", "--model", "smollm2-135m", "--out", str(work / "heads-cache-out")],
                       r"the model cache .*a-file/cache cannot be written .*set SAECIRCUITS_CACHE to a writable folder",
                       env={"SAECIRCUITS_CACHE": str(work / "a-file" / "cache")}, must_not_exist=work / "heads-cache-out"))
+    option_case("study_list_of_one_item", "study talking-heads --items 1 (a list needs two items to recall one)",
+                r"lists need at least 2 items", ["study", "talking-heads", "--model", m, "--out", "OUT", "--items", "1"])
+    option_case("study_control_without_splits", "study component-reuse --control ioi (the control must be a third task)",
+                r"control task must be one with held-out splits", ["study", "component-reuse", "--model", m, "--out", "OUT",
+                                                                   "--control", "ioi"])
+    option_case("study_haystack_too_short", "study retrieval-heads --length 8 (no room for a needle)",
+                r"haystack lengths must be at least 16 tokens", ["study", "retrieval-heads", "--model", m, "--out", "OUT",
+                                                                 "--length", "8"])
+    option_case("study_on_a_tokenizer_that_splits_words", "study talking-heads on a byte tokenizer (it takes no --words)",
+                r"single tokens for llama.*run them on a model whose tokenizer keeps common English words whole",
+                ["study", "talking-heads", "--model", m, "--out", "OUT"])
     option_case("circuit_text_for_a_number", "a word where a number goes", r"Invalid value for '--train'",
                 ["circuit", "--model", m, "--task", "induction", "--out", "OUT", "--train", "many"])
     return cases

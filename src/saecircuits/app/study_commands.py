@@ -10,17 +10,40 @@ from rich.markup import escape
 
 from saecircuits.app.command import command, console
 from saecircuits.circuits.config import RetrievalConfig, ReuseConfig, TalkingHeadsConfig
+from saecircuits.circuits.prompts import WordsSplitError
 from saecircuits.core.config import validate
+from saecircuits.core.errors import SaecircuitsError
 
 study_app = typer.Typer(help="The seed papers' head-level studies (retrieval heads, talking heads, component reuse).", no_args_is_help=True)
 _RETRIEVAL = RetrievalConfig()
 _TALKING = TalkingHeadsConfig()
 _REUSE = ReuseConfig()
+_MODEL = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name")
+
+
+def _run_study(name: str, config_cls, settings: dict, model: str, out: Path | None) -> None:
+    """Validate the settings, load the model, run study ``name`` (a ``circuits`` module with ``study`` and ``write``)
+    and write its folder (default circuits/results/NAME-MODEL), replaced whole."""
+    import importlib
+
+    from saecircuits.core.files import check_output_dir
+    from saecircuits.model import loading as m
+
+    cfg = validate(config_cls, settings, where=name)
+    target = check_output_dir(out or Path("circuits/results") / f"{name}-{model}")
+    module = importlib.import_module(f"saecircuits.circuits.{name.replace('-', '_')}")
+    try:
+        result = module.study(m.load(model), cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
+    except WordsSplitError as e:  # the studies take no --words: say what does work
+        raise SaecircuitsError(e.message, "the studies build their prompts from the built-in words: run them on a model "
+                                          "whose tokenizer keeps common English words whole (smollm2-135m, gemma-3-270m)")
+    folder = module.write(result, target, model, cfg)
+    console.print(f"written: {folder} (summary.md beside the paper's numbers)")
 
 
 @command(on=study_app, name="retrieval-heads")
 def retrieval_heads(
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    model: str = _MODEL,
     out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/retrieval-heads-MODEL)."),
     text: str = typer.Option(_RETRIEVAL.text, "--text", help="The haystack's text: stdlib | bible | PATH | hf:NAME"),
     length: list[int] = typer.Option(list(_RETRIEVAL.lengths), "--length", help="Haystack length in tokens (repeat)."),
@@ -31,22 +54,13 @@ def retrieval_heads(
 ) -> None:
     """Retrieval heads (Wu et al. 2024): needle-in-a-haystack retrieval scores per head on train needles, their
     share and overlap with induction heads, and the causal test on held-out needles (masked vs random heads)."""
-    from saecircuits.circuits import retrieval_heads as rh
-    from saecircuits.core.files import check_output_dir
-    from saecircuits.model import loading as m
-
-    cfg = validate(RetrievalConfig, {"text": text, "lengths": tuple(length), "depths": depths, "top_k": top_k,
-                                     "random_draws": random_draws, "seed": seed}, where="retrieval-heads")
-    target = check_output_dir(out or Path("circuits/results") / f"retrieval-heads-{model}")
-    lm = m.load(model)
-    result = rh.study(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
-    folder = rh.write(result, target, model, cfg)
-    console.print(f"written: {folder} (summary.md beside the paper's numbers)")
+    _run_study("retrieval-heads", RetrievalConfig, {"text": text, "lengths": tuple(length), "depths": depths, "top_k": top_k,
+                                                    "random_draws": random_draws, "seed": seed}, model, out)
 
 
 @command(on=study_app, name="talking-heads")
 def talking_heads(
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    model: str = _MODEL,
     out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/talking-heads-MODEL)."),
     size: list[int] = typer.Option(list(_TALKING.sizes), "--items", help="Laundry List length (repeat)."),
     n: int = typer.Option(_TALKING.n, "--n", help="Prompts per list length in each of the choose and test sets."),
@@ -58,23 +72,14 @@ def talking_heads(
     """Talking Heads (Merullo et al. 2024): the Laundry List task's inhibition heads, the OV components carrying the
     inhibition, the items' positional index, and representation and weight edits of those components against
     random-component edits, on held-out prompts."""
-    from saecircuits.circuits import talking_heads as th
-    from saecircuits.core.files import check_output_dir
-    from saecircuits.model import loading as m
-
-    cfg = validate(TalkingHeadsConfig, {"sizes": tuple(size), "n": n, "heads": heads, "rank": rank,
-                                        "candidates": max(_TALKING.candidates, heads), "random_draws": random_draws,
-                                        "seed": seed}, where="talking-heads")
-    target = check_output_dir(out or Path("circuits/results") / f"talking-heads-{model}")
-    lm = m.load(model)
-    result = th.study(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
-    folder = th.write(result, target, model, cfg)
-    console.print(f"written: {folder} (summary.md beside the paper's numbers)")
+    _run_study("talking-heads", TalkingHeadsConfig, {"sizes": tuple(size), "n": n, "heads": heads, "rank": rank,
+                                                     "candidates": max(_TALKING.candidates, heads),
+                                                     "random_draws": random_draws, "seed": seed}, model, out)
 
 
 @command(on=study_app, name="component-reuse")
 def component_reuse(
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m | gemma-3-270m | a TransformerLens hub name"),
+    model: str = _MODEL,
     out: Path = typer.Option(None, "--out", help="Output folder (default circuits/results/component-reuse-MODEL)."),
     n_train: int = typer.Option(_REUSE.n_train, "--n-train", help="Train prompts a task."),
     n_test: int = typer.Option(_REUSE.n_test, "--n-test", help="Held-out prompts a task."),
@@ -86,14 +91,6 @@ def component_reuse(
     """Circuit Component Reuse (Merullo et al. 2024): overlap of the IOI and Colored Objects circuits (EAP-IG) with a
     random null and a control task, and the repair of Colored Objects by setting middle-layer heads to their IOI
     behaviour, against random heads, on held-out prompts."""
-    from saecircuits.circuits import component_reuse as cr
-    from saecircuits.core.files import check_output_dir
-    from saecircuits.model import loading as m
-
-    cfg = validate(ReuseConfig, {"n_train": n_train, "n_test": n_test, "control": control, "repair_heads": repair_heads,
-                                 "random_draws": random_draws, "seed": seed}, where="component-reuse")
-    target = check_output_dir(out or Path("circuits/results") / f"component-reuse-{model}")
-    lm = m.load(model)
-    result = cr.study(lm, cfg, note=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]", highlight=False))
-    folder = cr.write(result, target, model, cfg)
-    console.print(f"written: {folder} (summary.md beside the paper's numbers)")
+    _run_study("component-reuse", ReuseConfig, {"n_train": n_train, "n_test": n_test, "control": control,
+                                                "repair_heads": repair_heads, "random_draws": random_draws, "seed": seed},
+               model, out)

@@ -100,10 +100,14 @@ def single_token_words(model: HookedTransformer, words: Sequence[str], prefix: s
     return out
 
 
+class WordsSplitError(SaecircuitsError):
+    """The tokenizer splits too many of a task's candidate words (its hint names the --words remedy)."""
+
+
 def need_words(model: HookedTransformer, what: str, found: dict, k: int) -> None:
     """Refuse a task when fewer than ``k`` of the candidate ``what`` are single tokens (``found``)."""
     if len(found) < k:
-        raise SaecircuitsError(f"only {len(found)} of the candidate {what} are single tokens for "
+        raise WordsSplitError(f"only {len(found)} of the candidate {what} are single tokens for "
                                f"{model.cfg.model_name}; the task needs at least {k}",
                                f"this tokenizer splits common words; give your own single-token {what} to saecircuits "
                                f"circuit / circuit-methods with --words FILE (YAML or JSON: {what.replace(' ', '_')}: "
