@@ -238,7 +238,7 @@ def study(model: HookedTransformer, cfg: RetrievalConfig, note: Callable[[str], 
               "share": len(retrieval) / (L * H), "answered": {"train": sum(r > cfg.min_recall for r in recalls),
                                                               "test": sum(r > cfg.min_recall for r in test_recalls),
                                                               "of": len(recalls)},
-              "stability": _spearman(scores.flatten(), test_scores.flatten())}
+              "stability": _spearman(scores.flatten(), test_scores.flatten()), "context": model.cfg.n_ctx}
     ind = induction_scores(model, seed=cfg.seed)
     top_ind = {(int(i) // H, int(i) % H) for i in ind.flatten().argsort(descending=True)[:max(k, 1)]}
     result["induction"] = {"scores": ind.tolist(), "overlap": len(top_ind & set(retrieval[:k])), "k": k,
@@ -294,7 +294,9 @@ def summary_markdown(result: dict, model_name: str, cfg: RetrievalConfig) -> str
              f"{100 * result['share']:.1f}% of heads ({', '.join(result['retrieval_heads'][:12]) or 'none'}). "
              f"Paper: {PAPER['share']}.",
              f"- Train and test scores, rank correlation over heads: {stability}.",
-             f"- Overlap with the {ind['k']} strongest induction heads: {ind['overlap']} (chance {ind['chance']:.1f}).", ""]
+             f"- Overlap with the {ind['k']} strongest induction heads: {ind['overlap']} (chance {ind['chance']:.1f}).",
+             f"- Haystack: at most {max(cfg.lengths)} tokens, against a context of {result.get('context', '?')} tokens the model "
+             "supports; this 2-core machine's time, not the context, set the length (the paper goes to 50K-100K).", ""]
     m = result["masking"]
     if "skipped" in m:
         return "\n".join(lines + [f"Causal test: {m['skipped']}.", ""])
