@@ -30,6 +30,7 @@ from saecircuits.circuits import prompts
 from saecircuits.circuits.config import ReuseConfig
 from saecircuits.circuits.faithfulness import bootstrap
 from saecircuits.circuits.task import Task
+from saecircuits.circuits.tasks import last_logits
 from saecircuits.core.errors import SaecircuitsError
 
 Head = tuple[int, int]
@@ -107,8 +108,7 @@ def run(model: HookedTransformer, task: Task, hooks: Callable[[slice], list] = l
             cache[hook.name] = x.detach()
         names = lambda n: n.endswith(("hook_pattern", "hook_z")) or n == "ln_final.hook_scale"  # noqa: E731
         with torch.no_grad():
-            out = model.run_with_hooks(sub.clean, fwd_hooks=hooks(rows) + [(names, keep)])
-        logits.append(out[:, -1].float())
+            logits.append(last_logits(model, sub.clean, hooks(rows) + [(names, keep)]))
         L = model.cfg.n_layers
         pats.append(torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][:, :, -1] for l in range(L)], 1))
         W_U = model.W_U.detach()

@@ -33,6 +33,7 @@ from saecircuits.circuits import prompts
 from saecircuits.circuits.config import TalkingHeadsConfig
 from saecircuits.circuits.faithfulness import bootstrap
 from saecircuits.circuits.task import Task
+from saecircuits.circuits.tasks import last_logits
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.model.frozen import frozen
 
@@ -81,7 +82,7 @@ def final_logits(model: HookedTransformer, task: Task, hooks: Callable[[slice], 
     with torch.no_grad():
         for i in range(0, len(task), batch_size):
             rows = slice(i, i + batch_size)
-            out.append(model.run_with_hooks(task.clean[rows], fwd_hooks=hooks(rows))[:, -1].float())
+            out.append(last_logits(model, task.clean[rows], hooks(rows)))
     return torch.cat(out)
 
 
@@ -164,10 +165,10 @@ def attribution(model: HookedTransformer, task: Task, means: torch.Tensor, V: to
             act.retain_grad()
             acts[hook.name] = act
         with torch.enable_grad(), frozen(model):  # gradients of activations only, none into the weights
-            logits = model.run_with_hooks(part.clean, fwd_hooks=[
+            last = last_logits(model, part.clean, [
                 ("hook_embed", lambda x, hook: x.requires_grad_(True)),
                 (lambda n: n.endswith(("attn.hook_z", "hook_attn_out")), keep), (f"blocks.{L - 1}.hook_resid_post", keep)])
-            wrong_logprob(logits[:, -1].float(), part).sum().backward()
+            wrong_logprob(last, part).sum().backward()
         g_final = acts[f"blocks.{L - 1}.hook_resid_post"].grad[:, -1]
         for layer in range(L):
             z = acts[f"blocks.{layer}.attn.hook_z"][:, -1].detach()

@@ -36,6 +36,14 @@ def build(name: str, model: HookedTransformer, n: int = 64, seed: int = 0, **kw)
 
 # --- running a task -----------------------------------------------------------------------------
 
+def last_logits(model: HookedTransformer, tokens: torch.Tensor, hooks: list = ()) -> torch.Tensor:
+    """The final position's logits [batch, vocab] (float) under ``hooks``; only that position is unembedded (the
+    final norm's hooks see it alone)."""
+    with model.hooks(fwd_hooks=list(hooks)):
+        resid = model(tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+        return unembed(model, resid[:, -1:])[:, 0].float()
+
+
 @torch.no_grad()
 def task_logits(model: HookedTransformer, tokens: torch.Tensor, positions: Sequence[int],
                 batch_size: int = 32) -> torch.Tensor:
