@@ -168,8 +168,6 @@ def repair(model: HookedTransformer, test: Task, chosen: dict[Head, float], ioi_
            cfg: ReuseConfig) -> dict:
     """The repair on held-out Colored Objects prompts against random middle-layer heads given the same masses,
     and the downstream heads' change against their IOI importance."""
-    from saecircuits.circuits.retrieval_heads import _spearman
-
     L, H = ioi_scores.shape
     base = run(model, test)
     fixed = run(model, test, lambda rows: pattern_hooks(test, chosen, rows))
@@ -204,9 +202,18 @@ def repair(model: HookedTransformer, test: Task, chosen: dict[Head, float], ioi_
         "downstream": {"heads": [f"{a}.{b}" for a, b in later],
                        "direct_change": [float(change[hd]) for hd in later],
                        "ioi_score": [float(ioi_scores[hd]) for hd in later],
-                       "spearman": _spearman(torch.tensor([float(ioi_scores[hd]) for hd in later]),
-                                             torch.tensor([float(change[hd]) for hd in later])) if len(later) > 2 else None},
+                       **_rank_test([float(ioi_scores[hd]) for hd in later], [float(change[hd]) for hd in later])},
     }
+
+
+def _rank_test(a: list[float], b: list[float]) -> dict:
+    """Spearman's rank correlation of two scorings of the same heads and its two-sided p-value (None under 3 heads)."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return {"spearman": None, "spearman_p": None}
+    r = spearmanr(a, b)
+    return {"spearman": float(r.statistic), "spearman_p": float(r.pvalue)}
 
 
 def study(model: HookedTransformer, cfg: ReuseConfig, note: Callable[[str], None] = lambda s: None) -> dict:
@@ -263,7 +270,7 @@ def summary_markdown(result: dict, model_name: str, cfg: ReuseConfig) -> str:
         return f"{scale * r['mean']:+.{d}f} [{scale * r['ci'][0]:+.{d}f}, {scale * r['ci'][1]:+.{d}f}]"
     a = rep["accuracy"]
     d = rep["downstream"]
-    sp = "n/a" if d["spearman"] is None else f"{d['spearman']:.2f}"
+    sp = "n/a" if d["spearman"] is None else f"{d['spearman']:.2f} (p = {d['spearman_p']:.2g}, {len(d['heads'])} heads)"
     fixed = "n/a" if rep["errors_fixed"] is None else f"{rep['errors_fixed']:.2f}"
     made = "n/a" if rep["errors_made"] is None else f"{rep['errors_made']:.2f}"
     lines += [f"## Repair of Colored Objects ({cfg.n_test} held-out prompts)", "",
