@@ -123,7 +123,7 @@ class TalkingHeadsConfig(Config):
     heads: int = Field(3, ge=1, description="inhibition heads kept")
     candidates: int = Field(12, ge=1, description="heads measured by real ablation after the attribution ranking")
     rank: int = Field(3, ge=1, description="OV components spanning each head's inhibition subspace")
-    alphas: tuple[float, ...] = Field((0.0, 0.5, 1.5, 2.0, 3.0), min_length=1,
+    alphas: tuple[float, ...] = Field((0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0), min_length=1,
                                       description="weight-edit scales tried on the choose prompts")
     random_draws: int = Field(5, ge=1, description="random-component control edits")
     n_boot: int = Field(1000, ge=10)
