@@ -10,7 +10,6 @@ from rich.markup import escape
 
 from saecircuits.app.command import command, console
 from saecircuits.circuits.config import RetrievalConfig, ReuseConfig, TalkingHeadsConfig
-from saecircuits.circuits.prompts import WordsSplitError
 from saecircuits.core.config import validate
 from saecircuits.core.errors import SaecircuitsError
 
@@ -26,6 +25,7 @@ def _run_study(name: str, config_cls, settings: dict, model: str, out: Path | No
     and write its folder (default circuits/results/NAME-MODEL), replaced whole."""
     import importlib
 
+    from saecircuits.circuits.prompts import WordsSplitError
     from saecircuits.core.files import check_output_dir
     from saecircuits.model import loading as m
 
