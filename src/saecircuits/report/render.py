@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from saecircuits.core.files import ensure_dir, write_text
-from saecircuits.report.studies import studies_html, studies_markdown
+from saecircuits.report.studies import studies_html, studies_markdown, studies_section
 from saecircuits.report.tables import Table, href, md_escape, num, to_html, to_markdown
 
 CSS = """
@@ -162,7 +162,7 @@ def _section_html(key: str, results: dict, tables: dict[str, Table], figures: di
         lay = results["layers"]
         return T("layer_numbers") + "".join(F(f"layers_{n}") for n in lay["analyses"])
     if key == "studies":
-        st = results.get("studies") or {"missing": "this report was written before studies were reported"}
+        st = studies_section(results)
         return _missing(st) if not _ok(st) else studies_html(st)
     if key == "reproducibility":
         return _repro_html(results)
@@ -264,7 +264,7 @@ def render_markdown(results: dict, tables: list[Table], figures: dict[str, Path]
     lay = results["layers"]
     out.append("## Layer analysis\n")
     out.append(_md_missing(lay) if not _ok(lay) else T("layer_numbers") + "".join(F(f"layers_{n}") for n in lay["analyses"]))
-    st = results.get("studies") or {"missing": "this report was written before studies were reported"}
+    st = studies_section(results)
     out.append("## Seed-paper studies\n")
     out += [_md_missing(st)] if not _ok(st) else studies_markdown(st)
     out += _md_reproducibility(meta)

@@ -36,6 +36,11 @@ def collect_studies(folder: str | Path | None) -> dict:
     return {"studies": sorted(found, key=lambda s: (order.index(s["study"]), s["folder"]))}
 
 
+def studies_section(results: dict) -> dict:
+    """The report's studies section; a results.json written before the section existed has none."""
+    return results.get("studies") or {"missing": "this report was written before studies were reported"}
+
+
 def _demoted(summary: str) -> str:
     """A study summary's headings two levels down, to sit under the report's section heading."""
     return "\n".join("##" + line if line.startswith("#") else line for line in summary.splitlines())
