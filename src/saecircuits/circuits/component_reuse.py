@@ -28,9 +28,9 @@ from transformer_lens import HookedTransformer
 
 from saecircuits.circuits import prompts
 from saecircuits.circuits.config import ReuseConfig
-from saecircuits.circuits.faithfulness import bootstrap
+from saecircuits.circuits.study_common import mean_ci, rank_correlation
 from saecircuits.circuits.task import Task
-from saecircuits.circuits.tasks import last_logits
+from saecircuits.circuits.tasks import logits_at
 from saecircuits.core.errors import SaecircuitsError
 
 Head = tuple[int, int]
@@ -108,7 +108,7 @@ def run(model: HookedTransformer, task: Task, hooks: Callable[[slice], list] = l
             cache[hook.name] = x.detach()
         names = lambda n: n.endswith(("hook_pattern", "hook_z")) or n == "ln_final.hook_scale"  # noqa: E731
         with torch.no_grad():
-            logits.append(last_logits(model, sub.clean, hooks(rows) + [(names, keep)]))
+            logits.append(logits_at(model, sub.clean, hooks=hooks(rows) + [(names, keep)])[:, 0].float())
         L = model.cfg.n_layers
         pats.append(torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][:, :, -1] for l in range(L)], 1))
         W_U = model.W_U.detach()
@@ -181,39 +181,25 @@ def repair(model: HookedTransformer, test: Task, chosen: dict[Head, float], ioi_
         randoms.append(outcome(test, run(model, test, lambda rows, m=masses: pattern_hooks(test, m, rows))))
     rand = {k: torch.stack([r[k] for r in randoms]).mean(0) for k in before}
 
-    def paired(a, b):
-        d = (a - b).float()
-        return {"mean": float(d.mean()), "ci": list(bootstrap(d, lambda x: x.mean(-1), cfg.n_boot, cfg.seed))}
-
-    def mean_ci(v):
-        return {"mean": float(v.mean()), "ci": list(bootstrap(v.float(), lambda x: x.mean(-1), cfg.n_boot, cfg.seed))}
+    def ci(v):
+        return mean_ci(v, cfg.n_boot, cfg.seed)
     wrong_before = before["correct"] == 0
     later = [hd for hd in top_heads(ioi_scores, max(1, round(0.1 * L * H))) if hd[0] > max(a for a, _ in chosen)]
     change = (fixed["direct"] - base["direct"]).mean(0)
     return {
-        "accuracy": {"before": mean_ci(before["correct"]), "after": mean_ci(after["correct"]),
-                     "random_heads": mean_ci(rand["correct"])},
-        "accuracy_change": paired(after["correct"], before["correct"]),
-        "random_accuracy_change": paired(rand["correct"], before["correct"]),
-        "logit_diff_change": paired(after["logit_diff"], before["logit_diff"]),
-        "random_logit_diff_change": paired(rand["logit_diff"], before["logit_diff"]),
+        "accuracy": {"before": ci(before["correct"]), "after": ci(after["correct"]), "random_heads": ci(rand["correct"])},
+        "accuracy_change": ci(after["correct"] - before["correct"]),
+        "random_accuracy_change": ci(rand["correct"] - before["correct"]),
+        "logit_diff_change": ci(after["logit_diff"] - before["logit_diff"]),
+        "random_logit_diff_change": ci(rand["logit_diff"] - before["logit_diff"]),
         "errors_fixed": float((after["correct"][wrong_before] == 1).float().mean()) if wrong_before.any() else None,
         "errors_made": float((after["correct"][~wrong_before] == 0).float().mean()) if (~wrong_before).any() else None,
         "downstream": {"heads": [f"{a}.{b}" for a, b in later],
                        "direct_change": [float(change[hd]) for hd in later],
                        "ioi_score": [float(ioi_scores[hd]) for hd in later],
-                       **_rank_test([float(ioi_scores[hd]) for hd in later], [float(change[hd]) for hd in later])},
+                       **dict(zip(("spearman", "spearman_p"),
+                                  rank_correlation([float(ioi_scores[hd]) for hd in later], [float(change[hd]) for hd in later])))},
     }
-
-
-def _rank_test(a: list[float], b: list[float]) -> dict:
-    """Spearman's rank correlation of two scorings of the same heads and its two-sided p-value (None under 3 heads)."""
-    from scipy.stats import spearmanr
-
-    if len(a) < 3:
-        return {"spearman": None, "spearman_p": None}
-    r = spearmanr(a, b)
-    return {"spearman": float(r.statistic), "spearman_p": float(r.pvalue)}
 
 
 def study(model: HookedTransformer, cfg: ReuseConfig, note: Callable[[str], None] = lambda s: None) -> dict:
@@ -289,7 +275,7 @@ def summary_markdown(result: dict, model_name: str, cfg: ReuseConfig) -> str:
 
 def write(result: dict, folder, model_name: str, cfg: ReuseConfig):
     """``component_reuse.json``, ``figure.png`` (overlap against k, with the null) and ``summary.md``."""
-    from saecircuits.circuits.study_files import write_study
+    from saecircuits.circuits.study_common import write_study
 
     def figure(plt):
         fig, ax = plt.subplots(figsize=(6, 4))

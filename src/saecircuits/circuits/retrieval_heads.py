@@ -23,7 +23,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saecircuits.circuits.config import RetrievalConfig
-from saecircuits.circuits.faithfulness import bootstrap
+from saecircuits.circuits.study_common import mean_ci, rank_correlation
 from saecircuits.core.errors import SaecircuitsError
 
 # (needle, question): train needles choose the heads, test needles (and another haystack) score the masking
@@ -238,7 +238,7 @@ def study(model: HookedTransformer, cfg: RetrievalConfig, note: Callable[[str], 
               "share": len(retrieval) / (L * H), "answered": {"train": sum(r > cfg.min_recall for r in recalls),
                                                               "test": sum(r > cfg.min_recall for r in test_recalls),
                                                               "of": len(recalls)},
-              "stability": _spearman(scores.flatten(), test_scores.flatten()), "context": model.cfg.n_ctx}
+              "stability": rank_correlation(scores.flatten(), test_scores.flatten())[0], "context": model.cfg.n_ctx}
     ind = induction_scores(model, seed=cfg.seed)
     top_ind = {(int(i) // H, int(i) % H) for i in ind.flatten().argsort(descending=True)[:max(k, 1)]}
     result["induction"] = {"scores": ind.tolist(), "overlap": len(top_ind & set(retrieval[:k])), "k": k,
@@ -258,20 +258,11 @@ def study(model: HookedTransformer, cfg: RetrievalConfig, note: Callable[[str], 
         masking[f"random-{how}"] = {m: torch.stack([p[m] for p in per_draw]).mean(0) for m in per_draw[0]}
         note(f"masked by {how}: needle recall {masking[f'retrieval-{how}']['needle_recall'].mean():.3f} (retrieval heads) "
              f"vs {masking[f'random-{how}']['needle_recall'].mean():.3f} (random)")
-    result["masking"] = {cond: {m: {"mean": float(v.mean()), "ci": list(bootstrap(v.float(), lambda x: x.mean(-1), cfg.n_boot, cfg.seed))}
-                                for m, v in vals.items()} for cond, vals in masking.items()}
+    result["masking"] = {cond: {m: mean_ci(v, cfg.n_boot, cfg.seed) for m, v in vals.items()}
+                         for cond, vals in masking.items()}
     result["masked_heads"] = {"retrieval": [f"{a}.{b}" for a, b in retrieval[:k]],
                               "random": [[f"{a}.{b}" for a, b in d] for d in draws]}
     return result
-
-
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """Rank correlation of two head scorings (None when either is constant, e.g. no trial answered)."""
-    from scipy.stats import spearmanr
-
-    if a.std() == 0 or b.std() == 0:
-        return None
-    return float(spearmanr(a.numpy(), b.numpy()).statistic)
 
 
 PAPER = {"share": "under 5% of heads (3.2% of Llama-2-7B-80K's; 2.1-6.2% across 7 models, from the released scores)",
@@ -312,7 +303,7 @@ def summary_markdown(result: dict, model_name: str, cfg: RetrievalConfig) -> str
 
 def write(result: dict, folder, model_name: str, cfg: RetrievalConfig):
     """``retrieval_heads.json``, ``figure.png`` (train scores, layer x head) and ``summary.md``, swapped in whole."""
-    from saecircuits.circuits.study_files import write_study
+    from saecircuits.circuits.study_common import write_study
 
     def figure(plt):
         fig, ax = plt.subplots(figsize=(6, 5))

@@ -31,9 +31,9 @@ from transformer_lens import HookedTransformer
 
 from saecircuits.circuits import prompts
 from saecircuits.circuits.config import TalkingHeadsConfig
-from saecircuits.circuits.faithfulness import bootstrap
+from saecircuits.circuits.study_common import mean_ci
 from saecircuits.circuits.task import Task
-from saecircuits.circuits.tasks import last_logits
+from saecircuits.circuits.tasks import logits_at
 from saecircuits.core.errors import SaecircuitsError
 from saecircuits.model.frozen import frozen
 
@@ -82,12 +82,14 @@ def final_logits(model: HookedTransformer, task: Task, hooks: Callable[[slice], 
     with torch.no_grad():
         for i in range(0, len(task), batch_size):
             rows = slice(i, i + batch_size)
-            out.append(last_logits(model, task.clean[rows], hooks(rows)))
+            out.append(logits_at(model, task.clean[rows], hooks=hooks(rows))[:, 0].float())
     return torch.cat(out)
 
 
-def final_z(model: HookedTransformer, task: Task, hooks: Callable[[slice], list] = lambda rows: []) -> torch.Tensor:
-    """Every head's ``hook_z`` at the final position [n, L, H, d_head] (under ``hooks``), with the logits unused."""
+def final_state(model: HookedTransformer, task: Task, hooks: Callable[[slice], list] = lambda rows: []
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every head's ``hook_z`` at the final position [n, L, H, d_head] and the final position's logits [n, vocab],
+    from one pass (under ``hooks``)."""
     zs: list[torch.Tensor] = []
     layers: dict[int, torch.Tensor] = {}
 
@@ -95,8 +97,8 @@ def final_z(model: HookedTransformer, task: Task, hooks: Callable[[slice], list]
         layers[hook.layer()] = z[:, -1].detach()
         if hook.layer() == model.cfg.n_layers - 1:
             zs.append(torch.stack([layers[i] for i in range(model.cfg.n_layers)], 1))
-    final_logits(model, task, lambda rows: hooks(rows) + [(lambda n: n.endswith("attn.hook_z"), keep)])
-    return torch.cat(zs)
+    logits = final_logits(model, task, lambda rows: hooks(rows) + [(lambda n: n.endswith("attn.hook_z"), keep)])
+    return torch.cat(zs), logits
 
 
 def subspaces(model: HookedTransformer) -> torch.Tensor:
@@ -165,10 +167,10 @@ def attribution(model: HookedTransformer, task: Task, means: torch.Tensor, V: to
             act.retain_grad()
             acts[hook.name] = act
         with torch.enable_grad(), frozen(model):  # gradients of activations only, none into the weights
-            last = last_logits(model, part.clean, [
+            last = logits_at(model, part.clean, hooks=[
                 ("hook_embed", lambda x, hook: x.requires_grad_(True)),
                 (lambda n: n.endswith(("attn.hook_z", "hook_attn_out")), keep), (f"blocks.{L - 1}.hook_resid_post", keep)])
-            wrong_logprob(last, part).sum().backward()
+            wrong_logprob(last[:, 0].float(), part).sum().backward()
         g_final = acts[f"blocks.{L - 1}.hook_resid_post"].grad[:, -1]
         for layer in range(L):
             z = acts[f"blocks.{layer}.attn.hook_z"][:, -1].detach()
@@ -188,13 +190,14 @@ def effect(model: HookedTransformer, tasks: dict[int, Task], make: Callable[[int
     return float(torch.cat(rise).mean())
 
 
-def find_inhibition(model: HookedTransformer, tasks: dict[int, Task], cfg: TalkingHeadsConfig,
-                    note: Callable[[str], None] = lambda s: None) -> tuple[list[dict], dict[Head, torch.Tensor]]:
-    """The inhibition heads on ``tasks`` (choose prompts), each with its measured effect, its components' effects
-    (single and cumulative) and its subspace V [d_model, rank]."""
-    V = subspaces(model)
-    means = {s: final_z(model, t).mean(0) for s, t in tasks.items()}
-    base = {s: wrong_logprob(final_logits(model, t), t) for s, t in tasks.items()}
+def find_inhibition(model: HookedTransformer, tasks: dict[int, Task], cfg: TalkingHeadsConfig, V: torch.Tensor,
+                    state: dict[int, tuple[torch.Tensor, torch.Tensor]], note: Callable[[str], None] = lambda s: None
+                    ) -> tuple[dict, list[dict], dict[Head, list[int]]]:
+    """The inhibition heads on ``tasks`` (choose prompts; ``state``: their ``final_state`` by list length; V: every
+    head's OV directions). Returns every candidate's measured effects, a row per inhibition head (its effect, its
+    components' effects, single and cumulative) and each inhibition head's ``rank`` strongest components."""
+    means = {s: z.mean(0) for s, (z, _) in state.items()}
+    base = {s: wrong_logprob(logits, tasks[s]) for s, (_, logits) in state.items()}
     head_attr, comp_attr = 0, 0
     for s, t in tasks.items():
         a, c = attribution(model, t, means[s], V)
@@ -208,7 +211,7 @@ def find_inhibition(model: HookedTransformer, tasks: dict[int, Task], cfg: Talki
     chosen = [hd for hd in sorted(measured, key=measured.get, reverse=True) if measured[hd] > 0][:cfg.heads]
     note("inhibition heads (rise of the wrong items' log-prob when ablated, through later layers): "
          + ", ".join(f"{a}.{b} {measured[(a, b)]:+.3f}" for a, b in chosen))
-    rows, spaces = [], {}
+    rows, components = [], {}
     for hd in chosen:
         def comp_hooks(idx, hd=hd):
             Vs = V[hd][:, idx]
@@ -217,11 +220,11 @@ def find_inhibition(model: HookedTransformer, tasks: dict[int, Task], cfg: Talki
         single = {i: effect(model, tasks, comp_hooks([i]), base) for i in top}
         order = sorted(single, key=single.get, reverse=True)[:cfg.rank]
         cumulative = [effect(model, tasks, comp_hooks(order[:j]), base) for j in range(1, len(order) + 1)]
-        spaces[hd] = V[hd][:, order]
+        components[hd] = order
         rows.append({"head": f"{hd[0]}.{hd[1]}", "effect": measured[hd], "total_effect": total[hd], "components": order,
                      "component_effects": {str(i): single[i] for i in top}, "cumulative_effects": cumulative,
                      "share": [c / measured[hd] for c in cumulative]})
-    return [{"candidates": {f"{a}.{b}": {"indirect": v, "total": total[(a, b)]} for (a, b), v in measured.items()}}] + rows, spaces
+    return {f"{a}.{b}": {"indirect": v, "total": total[(a, b)]} for (a, b), v in measured.items()}, rows, components
 
 
 def position_codes(model: HookedTransformer, task: Task, head: Head, Vs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -266,22 +269,21 @@ def positional_components(fit: torch.Tensor, rank: int) -> list[int]:
     return (means.var(0) / within.clamp(min=1e-12)).argsort(descending=True)[:rank].tolist()
 
 
-def positions(model: HookedTransformer, choose: dict[int, Task], test: dict[int, Task], spaces: dict[Head, torch.Tensor],
-              V: torch.Tensor, rank: int) -> dict:
-    """The strongest inhibition head's positional index: list position decoded on test prompts from its inhibition
-    subspace, and from the ``rank`` components that best separate positions on choose prompts (first mentions)."""
-    top = next(iter(spaces))
-    out: dict = {"head": f"{top[0]}.{top[1]}", "by_length": {}}
+def positions(model: HookedTransformer, choose: dict[int, Task], test: dict[int, Task], head: Head, V: torch.Tensor,
+              components: list[int], rank: int) -> dict:
+    """The inhibition head's positional index: list position decoded on test prompts from its inhibition components
+    (``components``) and from the ``rank`` components that best separate positions on choose prompts (first mentions).
+    V: the head's OV directions [d_model, r]."""
+    out: dict = {"head": f"{head[0]}.{head[1]}", "by_length": {}}
     for size in choose:
-        fit, held = (position_codes(model, t[size], top, V[top]) for t in (choose, test))
+        fit, held = (position_codes(model, t[size], head, V) for t in (choose, test))
         best = positional_components(fit["first"], rank)
-        inhib = [int(i) for i in (V[top].T @ spaces[top]).abs().argmax(0)]  # the inhibition subspace's components
         out["by_length"][str(size)] = {
             "chance": 1 / size, "positional_components": best,
             "attention_first": float(held["attn_first"].mean()), "attention_second": float(held["attn_again"].mean()),
             **{f"{where}_{space}": decode_positions(fit[key][..., idx], held[key][..., idx])
                for where, key in (("first_mention", "first"), ("second_mention", "again"))
-               for space, idx in (("inhibition", inhib), ("positional", best))}}
+               for space, idx in (("inhibition", components), ("positional", best))}}
         if size == max(choose):
             out["coords"] = held["first"][..., best].tolist()  # [n, k, rank] of the longest lists
     return out
@@ -317,14 +319,15 @@ def outcomes(model: HookedTransformer, tasks: dict[int, Task], make: Callable[[i
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def representation_targets(model: HookedTransformer, tasks: dict[int, Task], spaces: dict[Head, torch.Tensor]
-                           ) -> dict[int, dict[Head, torch.Tensor]]:
+def representation_targets(model: HookedTransformer, tasks: dict[int, Task], spaces: dict[Head, torch.Tensor],
+                           state: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[int, dict[Head, torch.Tensor]]:
     """Per list length and head, the mean coordinates [k, r] at the final position of the correctly answered
-    prompts with the answer at each list index (all prompts with that index where none is answered)."""
+    prompts with the answer at each list index (all prompts with that index where none is answered).
+    ``state``: the prompts' ``final_state`` by list length."""
     out = {}
     for size, t in tasks.items():
-        z = final_z(model, t)
-        ok = outcomes(model, {size: t})["correct"].bool()
+        z, logits = state[size]
+        ok = t.correct(logits[:, None])
         k_idx = item_positions(t)[2]
         out[size] = {}
         for hd, V in spaces.items():
@@ -338,9 +341,10 @@ def representation_targets(model: HookedTransformer, tasks: dict[int, Task], spa
 
 
 def edit_conditions(model: HookedTransformer, choose: dict[int, Task], test: dict[int, Task],
-                    spaces: dict[Head, torch.Tensor], alpha: float) -> dict[str, dict[str, torch.Tensor]]:
-    """Test outcomes with the representation edit (targets from ``choose``) and with the weight edit."""
-    targets = representation_targets(model, choose, spaces)
+                    spaces: dict[Head, torch.Tensor], alpha: float, state: dict[int, tuple[torch.Tensor, torch.Tensor]]
+                    ) -> dict[str, dict[str, torch.Tensor]]:
+    """Test outcomes with the representation edit (targets from ``choose`` and its ``state``) and the weight edit."""
+    targets = representation_targets(model, choose, spaces, state)
     index = {s: item_positions(t)[2] for s, t in test.items()}
 
     def make(s, rows):
@@ -365,16 +369,15 @@ def choose_alpha(model: HookedTransformer, choose: dict[int, Task], spaces: dict
 def summarise(conditions: dict[str, dict[str, torch.Tensor]], n_boot: int, seed: int) -> dict:
     """Accuracy and logit difference per condition, their paired change from no edit, with 95% bootstrap intervals,
     and accuracy by list length and by (length, answer index)."""
-    def mean_ci(v):
-        v = v.float()
-        return {"mean": float(v.mean()), "ci": list(bootstrap(v, lambda x: x.mean(-1), n_boot, seed))}
+    def ci(v):
+        return mean_ci(v, n_boot, seed)
     none = conditions["none"]
     out: dict = {"overall": {}, "by_length": {}, "by_position": {}}
     for name, o in conditions.items():
-        row = {"accuracy": mean_ci(o["correct"]), "logit_diff": mean_ci(o["logit_diff"])}
+        row = {"accuracy": ci(o["correct"]), "logit_diff": ci(o["logit_diff"])}
         if name != "none":
-            row["accuracy_change"] = mean_ci(o["correct"] - none["correct"])
-            row["logit_diff_change"] = mean_ci(o["logit_diff"] - none["logit_diff"])
+            row["accuracy_change"] = ci(o["correct"] - none["correct"])
+            row["logit_diff_change"] = ci(o["logit_diff"] - none["logit_diff"])
         out["overall"][name] = row
         for size in none["n_items"].unique().tolist():
             at = none["n_items"] == size
@@ -391,25 +394,27 @@ def study(model: HookedTransformer, cfg: TalkingHeadsConfig, note: Callable[[str
     choose = list_tasks(model, cfg.sizes, cfg.n, cfg.seed)
     test = list_tasks(model, cfg.sizes, cfg.n, cfg.seed + 1, exclude=choose)
     note(f"{sum(map(len, choose.values()))} choose and {sum(map(len, test.values()))} test prompts, lists of {list(cfg.sizes)}")
-    found, spaces = find_inhibition(model, choose, cfg, note)
-    result: dict = {"candidates": found[0]["candidates"], "inhibition_heads": found[1:]}
-    if not spaces:
+    V = subspaces(model)
+    state = {s: final_state(model, t) for s, t in choose.items()}
+    candidates, rows, components = find_inhibition(model, choose, cfg, V, state, note)
+    result: dict = {"candidates": candidates, "inhibition_heads": rows}
+    if not components:
         result["skipped"] = "no head's ablation raises the wrong items' log-probability: nothing to edit"
         return result
-    result["positions"] = positions(model, choose, test, spaces, subspaces(model), cfg.rank)
+    spaces = {hd: V[hd][:, idx] for hd, idx in components.items()}
+    top = next(iter(components))
+    result["positions"] = positions(model, choose, test, top, V[top], components[top], cfg.rank)
     alpha, grid = choose_alpha(model, choose, spaces, cfg.alphas)
     note(f"weight edit: alpha {alpha} (choose-prompt accuracy by alpha: {grid})")
-    conditions = {"none": outcomes(model, test), **edit_conditions(model, choose, test, spaces, alpha)}
-    V = subspaces(model)
+    conditions = {"none": outcomes(model, test), **edit_conditions(model, choose, test, spaces, alpha, state)}
     g = torch.Generator().manual_seed(cfg.seed)
     draws = []
     for _ in range(cfg.random_draws):
         rand = {}
-        for hd, Vs in spaces.items():
-            chosen = next(r for r in found[1:] if r["head"] == f"{hd[0]}.{hd[1]}")["components"]
-            rest = [i for i in range(V.shape[-1]) if i not in chosen]
-            rand[hd] = V[hd][:, [rest[int(i)] for i in torch.randperm(len(rest), generator=g)[:Vs.shape[1]]]]
-        draws.append(edit_conditions(model, choose, test, rand, alpha))
+        for hd, idx in components.items():
+            rest = [i for i in range(V.shape[-1]) if i not in idx]
+            rand[hd] = V[hd][:, [rest[int(i)] for i in torch.randperm(len(rest), generator=g)[:len(idx)]]]
+        draws.append(edit_conditions(model, choose, test, rand, alpha, state))
     for name in ("representation edit", "weight edit"):
         conditions[f"random {name}"] = {k: torch.stack([d[name][k].float() for d in draws]).mean(0)
                                         for k in ("correct", "logit_diff")}
@@ -481,7 +486,7 @@ def draw(result: dict):
 
 def write(result: dict, folder, model_name: str, cfg: TalkingHeadsConfig):
     """``talking_heads.json``, ``figure.png`` and ``summary.md``, swapped in whole."""
-    from saecircuits.circuits.study_files import write_study
+    from saecircuits.circuits.study_common import write_study
 
     return write_study(folder, "talking_heads.json", {**result, "model": model_name, "config": cfg.model_dump(mode="json"),
                                                       "paper": PAPER},

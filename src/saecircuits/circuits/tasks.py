@@ -36,24 +36,20 @@ def build(name: str, model: HookedTransformer, n: int = 64, seed: int = 0, **kw)
 
 # --- running a task -----------------------------------------------------------------------------
 
-def last_logits(model: HookedTransformer, tokens: torch.Tensor, hooks: list = ()) -> torch.Tensor:
-    """The final position's logits [batch, vocab] (float) under ``hooks``; only that position is unembedded (the
-    final norm's hooks see it alone)."""
+def logits_at(model: HookedTransformer, tokens: torch.Tensor, positions: Sequence[int] = (-1,), hooks: Sequence = ()
+              ) -> torch.Tensor:
+    """Logits at ``positions`` [batch, len(positions), vocab] under ``hooks``; only those positions are unembedded
+    (the final norm's hooks see them alone). Gradients flow unless the caller turns them off."""
     with model.hooks(fwd_hooks=list(hooks)):
         resid = model(tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
-        return unembed(model, resid[:, -1:])[:, 0].float()
+        return unembed(model, resid[:, list(positions)])
 
 
 @torch.no_grad()
 def task_logits(model: HookedTransformer, tokens: torch.Tensor, positions: Sequence[int],
                 batch_size: int = 32) -> torch.Tensor:
     """Logits at ``positions`` for every prompt: [n, len(positions), vocab] (only those positions are unembedded)."""
-    out = []
-    pos = list(positions)
-    for i in range(0, len(tokens), batch_size):
-        resid = model(tokens[i: i + batch_size].to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
-        out.append(unembed(model, resid[:, pos]))
-    return torch.cat(out)
+    return torch.cat([logits_at(model, tokens[i: i + batch_size], positions) for i in range(0, len(tokens), batch_size)])
 
 
 def evaluate(model: HookedTransformer, task: Task, batch_size: int = 32) -> dict:
