@@ -72,6 +72,12 @@ def test_the_study_runs_end_to_end_on_the_real_model(smollm2, tmp_path):
     result = cr.study(smollm2, cfg)
     assert set(result["overlap"]) == {"ioi-colored_objects", "ioi-greater_than", "colored_objects-greater_than"}
     assert result["tasks"]["ioi"]["can_do"]
+    # the repair ran on the heads it names, and its change is the paired difference of its accuracies
+    rep = result["repair"]
+    assert len(result["repaired_heads"]) == 2
+    assert abs(rep["accuracy_change"]["mean"] - (rep["accuracy"]["after"]["mean"] - rep["accuracy"]["before"]["mean"])) < 1e-6
+    lo, hi = rep["accuracy_change"]["ci"]
+    assert lo <= rep["accuracy_change"]["mean"] <= hi
     folder = cr.write(result, tmp_path / "cr", "smollm2-135m", cfg)
     assert sorted(p.name for p in folder.iterdir()) == ["component_reuse.json", "figure.png", "summary.md"]
     saved = json.loads((folder / "component_reuse.json").read_text())

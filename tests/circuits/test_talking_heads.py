@@ -64,7 +64,7 @@ def test_the_attribution_of_a_head_is_the_sum_over_its_components():
         model = make_tiny_model(n_layers=2, seed=1, attn_only=attn_only)
         clean = torch.randint(3, model.cfg.d_vocab, (5, 10), generator=g)
         task = Task("t", clean, clean.clone(), clean[:, 2], clean[:, 3:5])
-        means = th.final_z(model, task).mean(0)
+        means = th.final_state(model, task)[0].mean(0)
         heads, comps = th.attribution(model, task, means, th.subspaces(model), batch_size=2)
         assert torch.allclose(comps.sum(-1), heads, atol=1e-4)
         assert heads[0].abs().max() > 1e-3
@@ -98,6 +98,10 @@ def test_the_study_runs_end_to_end_on_the_real_model(smollm2, tmp_path):
     assert len(head["components"]) == 3 and len(head["share"]) == 3 and head["effect"] > 0
     assert set(result["edits"]["overall"]) == {"none", "representation edit", "weight edit",
                                                "random representation edit", "random weight edit"}
+    overall = result["edits"]["overall"]
+    for name in ("weight edit", "representation edit"):  # a change is the paired difference of the accuracies
+        change = overall[name]["accuracy_change"]["mean"]
+        assert abs(change - (overall[name]["accuracy"]["mean"] - overall["none"]["accuracy"]["mean"])) < 1e-6
     folder = th.write(result, tmp_path / "th", "smollm2-135m", cfg)
     assert sorted(p.name for p in folder.iterdir()) == ["figure.png", "summary.md", "talking_heads.json"]
     assert json.loads((folder / "talking_heads.json").read_text())["alpha"] == 2.0
